@@ -1,0 +1,3 @@
+"""Citizen-card clearing and settlement engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,72 @@
+"""Numeric codes shared by the core, the journal and the wire.
+
+The values equal the protobuf enum numbers in ``proto/clearing/v1`` so that a
+packed result byte can be handed to a client unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class TapStatus(enum.IntEnum):
+    """SPEC §5 outcomes; ``DUPLICATE`` is a flag on the original status."""
+
+    OK = 1
+    ID_CONFLICT = 2
+    INVALID_AMOUNT = 3
+    TOO_LATE = 4
+    IN_FUTURE = 5
+    UNKNOWN_CARD = 6
+    CARD_BLOCKED = 7
+    INSUFFICIENT_FUNDS = 8
+
+
+class ChargedTo(enum.IntEnum):
+    CHARGED_TO_NONE = 0
+    CARD = 1
+    ISSUER_LOSS = 2
+
+
+class TerminalClass(enum.IntEnum):
+    VALIDATOR = 1
+    POS = 2
+    BILLING = 3
+
+
+class CardType(enum.IntEnum):
+    ADULT = 1
+    STUDENT = 2
+    ELDERLY = 3
+    DISABLED = 4
+
+
+class CardState(enum.IntEnum):
+    ACTIVE = 1
+    LOST = 2
+    REPLACED = 3
+    CLOSED = 4
+
+
+class Role(enum.IntEnum):
+    """Party roles (SPEC §3)."""
+
+    ISSUER = 1
+    OPERATOR = 2
+    MERCHANT = 3
+    UTILITY = 4
+    AGENT = 5
+    HALL = 6
+
+
+class PrincipalRole(enum.IntEnum):
+    """Caller roles (SPEC §9)."""
+
+    TERMINAL = 1
+    HALL = 2
+    AGENT = 3
+    FINANCE = 4
+    ADMIN = 5
+
+
+STATUS_COUNT = max(TapStatus) + 1  # size of a per-status counter array

@@ -1,0 +1,43 @@
+"""The small error hierarchy of the engine; every message says what to do."""
+
+from __future__ import annotations
+
+
+class ClearingError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ConfigError(ClearingError):
+    """The configuration file or environment is unusable."""
+
+
+class JournalError(ClearingError):
+    """The journal cannot be trusted or read: the server must not start."""
+
+
+class JournalCorrupt(JournalError):
+    """A hash-chain, sequence or replay mismatch at a known position."""
+
+    def __init__(self, seq: int, what: str) -> None:
+        super().__init__(
+            f"journal entry {seq}: {what}. The journal is damaged; restore the data "
+            "directory from a backup (`clearing journal verify` shows every problem)."
+        )
+        self.seq = seq
+
+
+class StorageError(ClearingError):
+    """Disk or map full, or another storage failure: stop acknowledging work."""
+
+
+class RequestRejected(ClearingError):
+    """An operating error answered with a status code (see ``grpc_errors``).
+
+    ``code`` is a ``grpc.StatusCode`` name, kept as text so the core layers do
+    not import grpc.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,61 @@
+"""Every hard limit of the engine, with the reason it exists (TIGER_STYLE).
+
+Configurable business limits (``max_tap_fen`` ...) live in ``config.py``;
+these are the bounds the code itself relies on.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# Wire formats ---------------------------------------------------------------
+
+# SPEC §9 canonical tap bytes: card_id u64, terminal_seq u64, list_amount_fen i64,
+# occurred_at_ms i64, route_id u32, all big-endian.
+TAP_STRUCT = struct.Struct(">QQqqI")
+TAP_BYTES = TAP_STRUCT.size  # 36
+assert TAP_BYTES == 36
+
+# Packed tap result: status u8, charged_to u8, duplicate u8, 5 pad bytes,
+# charged_fen i64, discount_fen i64, balance_after_fen i64, journal_seq u64 (BE).
+RESULT_STRUCT = struct.Struct(">BBB5xqqqQ")
+RESULT_BYTES = RESULT_STRUCT.size  # 40
+assert RESULT_BYTES == 40
+
+TERMINAL_ID_STRUCT = struct.Struct(">I")
+
+# Ranges ---------------------------------------------------------------------
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+UINT64_MAX = 2**64 - 1
+UINT32_MAX = 2**32 - 1
+
+BP_SCALE = 10_000  # one basis point is 1/10,000
+BP_MAX = 10_000  # no rate above 100 % (concessions, discounts, fees)
+
+# An amount limit above this could overflow `amount * bp` in int64.
+AMOUNT_LIMIT_FEN_MAX = INT64_MAX // BP_SCALE // 2
+
+# Batches ----------------------------------------------------------------------
+
+# Upper bound of the configurable max_batch_taps: keeps one journal record
+# (taps + results, 76 bytes a tap) well under 8 MiB and one call under 10 ms.
+BATCH_TAPS_MAX = 100_000
+# gRPC message bound derived from it (taps, results and framing headroom).
+GRPC_MESSAGE_BYTES_MAX = BATCH_TAPS_MAX * (TAP_BYTES + RESULT_BYTES) + 64 * 1024
+
+# Card operations ----------------------------------------------------------------
+
+REQUEST_ID_BYTES_MAX = 128  # a UUID is 36; anything much longer is a client bug
+CARD_HISTORY_ENTRIES_MAX = 1_000  # one dispute screen, not an export
+
+# Journal --------------------------------------------------------------------------
+
+JOURNAL_MAP_SIZE_BYTES_DEFAULT = 64 * 2**30  # sparse on Linux; raise for years of data
+GROUP_COMMIT_ENTRIES_MAX = 256  # bounds one write transaction's size and latency
+CHECKPOINT_EVERY_TAPS = 2_000_000  # restart replays at most this many taps
+CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
+
+MS_PER_SECOND = 1_000
+MS_PER_DAY = 86_400_000

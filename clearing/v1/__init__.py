@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs of clearing.v1 (built by setup.py from proto/)."""
