@@ -70,3 +70,18 @@ class PrincipalRole(enum.IntEnum):
 
 
 STATUS_COUNT = max(TapStatus) + 1  # size of a per-status counter array
+
+
+class CardOpStatus(enum.IntEnum):
+    """Outcome of a card operation (proto CardReply.Status)."""
+
+    OK = 1
+    ID_CONFLICT = 2
+    UNKNOWN_CARD = 3
+    CARD_EXISTS = 4
+    CARD_NOT_ACTIVE = 5
+    CARD_NOT_LOST = 6
+    CARD_ALREADY_REPLACED = 7
+    INVALID_AMOUNT = 8
+    BALANCE_LIMIT = 9
+    NEGATIVE_BALANCE = 10

@@ -46,14 +46,14 @@ def half_up(amount_fen: int, rate_bp: int) -> int:
 
 class _Card:
     __slots__ = (
-        "state",
-        "card_type",
         "balance_fen",
-        "deposit_fen",
         "blocked_at_ms",
-        "last_route_id",
-        "last_occurred_at_ms",
+        "card_type",
+        "deposit_fen",
         "has_last_ride",
+        "last_occurred_at_ms",
+        "last_route_id",
+        "state",
     )
 
     def __init__(self, card_type: int, deposit_fen: int) -> None:
@@ -91,7 +91,7 @@ class Ledger:
             concession_bp=(10_000, 5_000, 0, 0),
         )
 
-    # Configuration ---------------------------------------------------------
+    # Configuration ---------------------------------------------------------------
 
     def configure(
         self,
@@ -127,7 +127,7 @@ class Ledger:
         rules.sort()
         self._rules[party_index] = rules
 
-    # Cards ---------------------------------------------------------------------
+    # Cards ---------------------------------------------------------------
 
     def issue_card(self, card_id: int, card_type: int, deposit_fen: int) -> bool:
         """Create an ACTIVE card with balance 0; False if the id exists."""
@@ -160,7 +160,7 @@ class Ledger:
     def total_balance_fen(self) -> int:
         return _checked(sum(c.balance_fen for c in self._cards.values()))
 
-    # Terminals -------------------------------------------------------------------
+    # Terminals ---------------------------------------------------------------
 
     def terminal_status(self, terminal_id: int) -> tuple[int, int]:
         """(highest terminal_seq received, count of distinct seqs received)."""
@@ -174,7 +174,7 @@ class Ledger:
     def tap_record_count(self) -> int:
         return len(self._taps)
 
-    # Taps --------------------------------------------------------------------------
+    # Taps ---------------------------------------------------------------
 
     @staticmethod
     def first_invalid_tap(packed_taps: bytes) -> int:
@@ -217,9 +217,16 @@ class Ledger:
         card = self._cards.get(card_id)
         balance_after = card.balance_fen if card is not None else 0
         self._taps[key] = (
-            card_id, amount, occurred, route,
-            status, charged_to, charged, balance_after, journal_seq,
-        )  # fmt: skip
+            card_id,
+            amount,
+            occurred,
+            route,
+            status,
+            charged_to,
+            charged,
+            balance_after,
+            journal_seq,
+        )
         discount = amount - charged if status == TapStatus.OK else 0
         return (status, charged_to, 0, charged, discount, balance_after, journal_seq)
 
@@ -309,7 +316,7 @@ class Ledger:
             counts[0 if duplicate else status] += 1
         return counts
 
-    # Checkpoints -----------------------------------------------------------------------
+    # Checkpoints ---------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         cards = {
@@ -320,7 +327,7 @@ class Ledger:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, blob: bytes) -> None:
-        cards, self._taps, self._terminals, self._rules = pickle.loads(blob)  # noqa: S301 - own checkpoint
+        cards, self._taps, self._terminals, self._rules = pickle.loads(blob)
         self._cards = {}
         for cid, fields in cards.items():
             c = _Card(0, 0)

@@ -59,3 +59,9 @@ CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
 
 MS_PER_SECOND = 1_000
 MS_PER_DAY = 86_400_000
+GAP_RANGES_MAX = 100  # GetTerminalStatus lists this many gap ranges, then says "truncated"
+
+# gRPC ----------------------------------------------------------------------------------
+
+STREAM_BATCHES_IN_FLIGHT_MAX = 64  # per stream: applied but not yet acknowledged
+GRACE_SECONDS = 10.0  # shutdown: calls in flight get this long to finish

@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Everything is installed into .venv from pinned versions; nothing by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SOURCES := setup.py pyproject.toml $(wildcard ext/clearing/*.pyx ext/clearing/*.pxd proto/clearing/v1/*.proto)
+
+.PHONY: install demo serve test lint format bench clean
+
+$(STAMP): $(SOURCES)
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/clearing demo
+
+serve: $(STAMP)
+	$(BIN)/clearing serve
+
+test: $(STAMP)
+	$(BIN)/ruff check clearing loadgen benchmarks tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check clearing loadgen benchmarks tests
+	$(BIN)/ruff format --check clearing loadgen benchmarks tests
+
+format: $(STAMP)
+	$(BIN)/ruff format clearing loadgen benchmarks tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks -q -p no:randomly --benchmark-only \
+		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name -s
+
+clean:
+	rm -rf build $(VENV) clearing/_core.c clearing/*.so clearing/v1/*_pb2*.py clearing/v1/*_pb2*.pyi

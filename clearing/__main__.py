@@ -1,0 +1,3 @@
+from clearing.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""`clearing` command line: serve, demo-config, demo, journal verify."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from clearing.config import Config, dump_config, load_config
+from clearing.democity import demo_config
+from clearing.errors import ClearingError
+from clearing.logs import configure_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+journal_app = typer.Typer(no_args_is_help=True, help="Journal tools for operators.")
+app.add_typer(journal_app, name="journal")
+
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="TOML file (default: the demo city)")
+]
+DataDirOption = Annotated[str | None, typer.Option("--data-dir", help="override [server] data_dir")]
+
+
+def _config(path: str | None, data_dir: str | None) -> Config:
+    config = load_config(path) if path else demo_config()
+    if data_dir:
+        config.server.data_dir = data_dir
+    return config
+
+
+def _fail(exc: ClearingError) -> None:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    listen: Annotated[str | None, typer.Option(help="override [server] listen")] = None,
+    metrics_listen: Annotated[str | None, typer.Option(help="override metrics_listen")] = None,
+) -> None:
+    """Run the engine (with no --config: the built-in demo city in ./var)."""
+    from clearing.server.app import run_server
+
+    configure_logging()
+    cfg = _config(config, data_dir)
+    if listen:
+        cfg.server.listen = listen
+    if metrics_listen:
+        cfg.server.metrics_listen = metrics_listen
+    try:
+        asyncio.run(run_server(cfg))
+    except ClearingError as exc:
+        _fail(exc)
+
+
+@app.command("demo-config")
+def demo_config_command() -> None:
+    """Write the demo city as a configuration file to stdout."""
+    sys.stdout.write(dump_config(demo_config()))
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[str, typer.Option(help="scratch data directory, wiped first")] = "var/demo",
+) -> None:
+    """Start a server on the demo city, send taps of every kind, show the outcomes."""
+    from clearing.demo import run_demo
+
+    try:
+        run_demo(data_dir)
+    except ClearingError as exc:
+        _fail(exc)
+
+
+@journal_app.command("verify")
+def journal_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Check the hash chain and replay every entry against its journaled answers."""
+    from clearing.verify import verify_journal
+
+    try:
+        report = verify_journal(_config(config, data_dir).server.data_dir)
+    except ClearingError as exc:
+        _fail(exc)
+    typer.echo(report)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A small client for terminals, halls and tests: builds signed batches, calls the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from clearing.limits import GRPC_MESSAGE_BYTES_MAX, RESULT_STRUCT, TAP_STRUCT
+from clearing.server.taps import batch_mac
+from clearing.v1 import admin_pb2_grpc, cards_pb2, cards_pb2_grpc, taps_pb2, taps_pb2_grpc
+
+# (card_id, terminal_seq, list_amount_fen, occurred_at_ms, route_id)
+TapTuple = tuple[int, int, int, int, int]
+
+
+def pack_taps(taps: Iterable[TapTuple]) -> bytes:
+    return b"".join(TAP_STRUCT.pack(*tap) for tap in taps)
+
+
+def signed_batch(
+    terminal_id: int, key: bytes, taps: Sequence[TapTuple], *, packed: bool = True
+) -> taps_pb2.TapBatch:
+    """A batch with its SPEC §9 MAC, as packed_taps or as Tap messages."""
+    raw = pack_taps(taps)
+    batch = taps_pb2.TapBatch(terminal_id=terminal_id, mac=batch_mac(key, terminal_id, raw))
+    if packed:
+        batch.packed_taps = raw
+    else:
+        batch.taps.extend(
+            taps_pb2.Tap(card_id=c, terminal_seq=s, list_amount_fen=a, occurred_at_ms=o, route_id=r)
+            for c, s, a, o, r in taps
+        )
+    return batch
+
+
+def unpack_results(reply: taps_pb2.TapBatchResult) -> list[tuple[int, ...]]:
+    """(status, charged_to, duplicate, charged, discount, balance_after, journal_seq) per tap."""
+    if reply.packed_results:
+        return list(RESULT_STRUCT.iter_unpack(reply.packed_results))
+    return [
+        (
+            r.status,
+            r.charged_to,
+            int(r.duplicate),
+            r.charged_fen,
+            r.discount_fen,
+            r.balance_after_fen,
+            r.journal_seq,
+        )
+        for r in reply.results
+    ]
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+        ],
+    )
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Stubs:
+    """Every stub on one channel."""
+
+    def __init__(self, chan: grpc.aio.Channel) -> None:
+        self.taps = taps_pb2_grpc.TapServiceStub(chan)
+        self.cards = cards_pb2_grpc.CardServiceStub(chan)
+        self.admin = admin_pb2_grpc.AdminServiceStub(chan)
+
+
+async def top_up(stubs: Stubs, token: str, request_id: str, card_id: int, amount_fen: int):
+    return await stubs.cards.TopUp(
+        cards_pb2.TopUpRequest(request_id=request_id, card_id=card_id, amount_fen=amount_fen),
+        metadata=bearer(token),
+    )

@@ -1,0 +1,260 @@
+"""`make demo`: a real server on the demo city, taps of every kind, the outcomes.
+
+Starts `clearing serve` as a child process on loopback with a fresh data
+directory, plays a short story through gRPC (rides, a transfer, a discounted
+purchase, a bill, every rejection of SPEC §5, a lost card), streams a burst of
+validator batches, prints outcomes and balances, stops the server with
+SIGTERM and verifies the journal offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from clearing import democity as city
+from clearing.client import Stubs, bearer, channel, signed_batch, top_up, unpack_results
+from clearing.codes import CardType, ChargedTo, TapStatus
+from clearing.config import SeedSettings
+from clearing.engine import seed_card_type
+from clearing.errors import ClearingError
+from clearing.v1 import cards_pb2
+
+console = Console()
+FIRST = SeedSettings().first_card_id
+HALL = city.principal_token("hall-1")
+AGENT = city.principal_token("agent-07")
+BURST_BATCHES = 200
+BURST_TAPS = 1_000
+SERVER_START_SECONDS_MAX = 120.0
+
+
+def _card_of_type(card_type: CardType, skip: int = 0) -> int:
+    found = [i for i in range(200) if seed_card_type(i) == card_type]
+    return FIRST + found[skip]
+
+
+ADULT, STUDENT, ELDERLY = (
+    _card_of_type(t) for t in (CardType.ADULT, CardType.STUDENT, CardType.ELDERLY)
+)
+LOST_CARD = _card_of_type(CardType.ADULT, 1)
+VALIDATOR_1, VALIDATOR_2 = 10_001, 10_101  # op-bus-1 route 11, op-bus-2 route 21
+POS, BILLING = city.POS_ID_BASE + 1, city.BILLING_ID_BASE + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Terminal:
+    """A terminal with its own sequence numbers and key."""
+
+    def __init__(self, stubs: Stubs, terminal_id: int) -> None:
+        self.stubs, self.id, self.seq = stubs, terminal_id, 0
+        self.key = city.terminal_key(terminal_id)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def send(self, taps) -> list[tuple[int, ...]]:
+        reply = await self.stubs.taps.SubmitTaps(
+            signed_batch(self.id, self.key, taps), metadata=bearer(city.terminal_token(self.id))
+        )
+        return unpack_results(reply)
+
+
+def _row(table: Table, what: str, result: tuple[int, ...]) -> None:
+    status, charged_to, duplicate, charged, discount, balance, seq = result
+    table.add_row(
+        what,
+        TapStatus(status).name + (" (duplicate)" if duplicate else ""),
+        ChargedTo(charged_to).name.replace("CHARGED_TO_", ""),
+        str(charged),
+        str(discount),
+        str(balance),
+        str(seq),
+    )
+
+
+async def _story(stubs: Stubs) -> None:
+    now = int(time.time() * 1000)
+    v1, v2, pos, bill = (Terminal(stubs, t) for t in (VALIDATOR_1, VALIDATOR_2, POS, BILLING))
+    table = Table(title="Taps and their outcomes")
+    for col in ("tap", "status", "charged to", "charged", "discount", "balance after", "journal"):
+        table.add_column(col)
+    rides = [
+        (ADULT, v1.next_seq(), 200, now - 1_800_000, 11),
+        (STUDENT, v1.next_seq(), 200, now - 1_790_000, 11),
+        (ELDERLY, v1.next_seq(), 200, now - 1_780_000, 11),
+    ]
+    for tap, result in zip(rides, await v1.send(rides), strict=True):
+        _row(table, f"bus ride, route 11, {CardType(seed_card_type(tap[0] - FIRST)).name}", result)
+    _row(
+        table,
+        "transfer to route 21 within 90 min",
+        (await v2.send([(ADULT, v2.next_seq(), 200, now - 600_000, 21)]))[0],
+    )
+    _row(
+        table,
+        "POS purchase list 1288 at 7.7 折",
+        (await pos.send([(ADULT, pos.next_seq(), 1_288, now, 0)]))[0],
+    )
+    _row(
+        table, "water bill 3000", (await bill.send([(STUDENT, bill.next_seq(), 3_000, now, 0)]))[0]
+    )
+    _row(table, "same bus batch again (retry)", (await v1.send(rides))[0])
+    _row(table, "same seq, other amount", (await v1.send([(ADULT, 1, 999, now, 11)]))[0])
+    _row(table, "amount 0", (await pos.send([(ADULT, pos.next_seq(), 0, now, 0)]))[0])
+    _row(
+        table,
+        "tap 8 days old",
+        (await v1.send([(ADULT, v1.next_seq(), 200, now - 8 * 86_400_000, 11)]))[0],
+    )
+    _row(
+        table,
+        "tap 1 h in the future",
+        (await v1.send([(ADULT, v1.next_seq(), 200, now + 3_600_000, 11)]))[0],
+    )
+    _row(table, "unknown card", (await pos.send([(42, pos.next_seq(), 500, now, 0)]))[0])
+    _row(
+        table,
+        "bill larger than balance",
+        (await bill.send([(STUDENT, bill.next_seq(), 9_000, now, 0)]))[0],
+    )
+    await stubs.cards.ReportLoss(
+        cards_pb2.CardRequest(request_id="demo-loss-1", card_id=LOST_CARD), metadata=bearer(HALL)
+    )
+    _row(
+        table,
+        "POS on a card reported lost",
+        (await pos.send([(LOST_CARD, pos.next_seq(), 500, now, 0)]))[0],
+    )
+    _row(
+        table,
+        "bus ride on the lost card (offline validator)",
+        (await v1.send([(LOST_CARD, v1.next_seq(), 200, now, 11)]))[0],
+    )
+    console.print(table)
+    reply = await top_up(stubs, AGENT, "demo-topup-1", STUDENT, 2_000)
+    console.print(
+        f"top-up of 2000 fen at agent-07: {cards_pb2.CardReply.Status.Name(reply.status)}, "
+        f"balance now {reply.card.balance_fen}"
+    )
+
+
+async def _balances(stubs: Stubs) -> None:
+    table = Table(title="Cards after the story (opening balance 5000 fen)")
+    for col in ("card", "type", "state", "balance_fen"):
+        table.add_column(col)
+    for card_id in (ADULT, STUDENT, ELDERLY, LOST_CARD):
+        card = await stubs.cards.GetCard(
+            cards_pb2.GetCardRequest(card_id=card_id), metadata=bearer(HALL)
+        )
+        table.add_row(
+            f"****{card_id % 10_000:04d}",
+            cards_pb2.CardType.Name(card.card_type),
+            cards_pb2.CardState.Name(card.state),
+            str(card.balance_fen),
+        )
+    console.print(table)
+
+
+async def _burst(stubs: Stubs) -> None:
+    """Stream validator batches the way a depot uploads a day of offline taps."""
+    now = int(time.time() * 1000)
+    terminal = Terminal(stubs, VALIDATOR_1 + 1)
+    metadata = bearer(city.terminal_token(terminal.id))
+
+    def batches():
+        for b in range(BURST_BATCHES):
+            taps = [
+                (
+                    FIRST + (b * BURST_TAPS + i) * 7 % city.CARD_COUNT,
+                    terminal.next_seq(),
+                    200,
+                    now - 3_600_000 + i,
+                    12,
+                )
+                for i in range(BURST_TAPS)
+            ]
+            yield signed_batch(terminal.id, terminal.key, taps)
+
+    started = time.perf_counter()
+    ok = 0
+    async for reply in stubs.taps.StreamTaps(batches(), metadata=metadata):
+        ok += sum(1 for r in unpack_results(reply) if r[0] == TapStatus.OK)
+    seconds = time.perf_counter() - started
+    console.print(
+        f"streamed {BURST_BATCHES} batches of {BURST_TAPS} taps: {ok} OK in {seconds:.2f} s "
+        f"({ok / seconds:,.0f} taps/s, durable)"
+    )
+
+
+async def _wait_serving(target: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS_MAX
+    async with grpc.aio.insecure_channel(target) as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise ClearingError(f"the server exited with {server.returncode} while starting")
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise ClearingError("the server did not become SERVING in time")
+
+
+async def _play(target: str, server: subprocess.Popen) -> None:
+    await _wait_serving(target, server)
+    async with channel(target) as chan:
+        stubs = Stubs(chan)
+        await _story(stubs)
+        await _balances(stubs)
+        await _burst(stubs)
+
+
+def run_demo(data_dir: str) -> None:
+    shutil.rmtree(data_dir, ignore_errors=True)
+    target = f"127.0.0.1:{_free_port()}"
+    console.print(f"[bold]Starting the engine on the demo city[/] ({target}, data in {data_dir}/)")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clearing",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--listen",
+            target,
+            "--metrics-listen",
+            f"127.0.0.1:{_free_port()}",
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        asyncio.run(_play(target, server))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    console.print(f"server stopped (exit {code})")
+    from clearing.verify import verify_journal
+
+    console.print(verify_journal(data_dir))

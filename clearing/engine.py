@@ -1,0 +1,253 @@
+"""The deterministic engine: journal entries in, state and answers out.
+
+Live requests and replay go through the same ``_run`` so that the state after
+replaying the journal is exactly the state that answered the requests. Replay
+compares what it computes with what was journaled (the answers given) and
+stops at the first difference. The engine does no I/O: the service journals
+the entries it returns, and answers once they are durable.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from clearing import cards
+from clearing.cards import CardRequest, Outcome
+from clearing.codes import CardOpStatus, CardType
+from clearing.core import Ledger
+from clearing.entries import (
+    Body,
+    CardOpEntry,
+    ConcessionEntry,
+    ConfigEntry,
+    Envelope,
+    MerchantRuleEntry,
+    PartyEntry,
+    SeedEntry,
+    TapBatchEntry,
+    TerminalEntry,
+)
+from clearing.errors import JournalCorrupt, RequestRejected
+from clearing.journal import Checkpoint
+from clearing.limits import REQUEST_ID_BYTES_MAX, TAP_BYTES
+from clearing.registry import Registry
+
+# Demo seeding: card types in the city's shares (of 100 cards).
+_SEED_TYPE_SHARES = ((70, CardType.ADULT), (85, CardType.STUDENT), (97, CardType.ELDERLY))
+
+
+def seed_card_type(index: int) -> int:
+    bucket = index * 37 % 100  # spread types over the id range
+    for upper, card_type in _SEED_TYPE_SHARES:
+        if bucket < upper:
+            return int(card_type)
+    return int(CardType.DISABLED)
+
+
+class CardAnswer(NamedTuple):
+    """What a card operation answered; a retry gets it again."""
+
+    fingerprint: tuple[str, str, int, tuple[int, ...]]  # method, channel, card, args
+    status: int
+    amount_fen: int
+    message: str
+    card: tuple[int, int, int, int, int] | None
+    journal_seq: int
+    accepted_at_ms: int
+
+
+class EngineState(msgspec.Struct, array_like=True):
+    """The Python-side state a checkpoint keeps beside the ledger core's."""
+
+    last_seq: int
+    last_accepted_ms: int
+    registry_entries: list[tuple[int, Body]]
+    answers: dict[str, CardAnswer]
+
+
+class Engine:
+    def __init__(self, ledger_class: type = Ledger) -> None:
+        self.ledger = ledger_class()
+        self.registry = Registry()
+        self.answers: dict[str, CardAnswer] = {}
+        self.last_seq = 0
+        self.last_accepted_ms = 0
+        self.taps_since_checkpoint = 0
+        # Registry-changing entries, kept to rebuild the registry from a checkpoint.
+        self._registry_entries: list[tuple[int, Body]] = []
+
+    # Sequencing ---------------------------------------------------------------
+
+    def _next(self, now_ms: int) -> tuple[int, int]:
+        """Seq and accepted_at_ms of the next entry; the stamp strictly increases."""
+        return self.last_seq + 1, max(now_ms, self.last_accepted_ms + 1)
+
+    def _advance(self, seq: int, accepted_at_ms: int) -> None:
+        assert seq == self.last_seq + 1, f"entry {seq} after {self.last_seq}"
+        if accepted_at_ms <= self.last_accepted_ms:
+            raise JournalCorrupt(seq, "accepted_at_ms does not increase")
+        self.last_seq, self.last_accepted_ms = seq, accepted_at_ms
+
+    # Live requests ---------------------------------------------------------------
+
+    def tap_batch(self, terminal_id: int, packed_taps: bytes, now_ms: int) -> Envelope:
+        """Rate and apply a checked batch; returns the entry to journal."""
+        seq, accepted = self._next(now_ms)
+        results = self._run(seq, accepted, TapBatchEntry(terminal_id, packed_taps, b""))
+        return Envelope(seq, accepted, b"", TapBatchEntry(terminal_id, packed_taps, results))
+
+    def card_op(self, request_id: str, req: CardRequest) -> tuple[Envelope | None, CardAnswer]:
+        """Apply a card operation, or answer a repeat of ``request_id``.
+
+        The envelope is None when nothing new is to be journaled.
+        """
+        _check_request(request_id, req)
+        fingerprint = (req.method, req.channel, req.card_id, req.args)
+        earlier = self.answers.get(request_id)
+        if earlier is not None:
+            if earlier.fingerprint == fingerprint:
+                return None, earlier
+            conflict = Outcome(
+                CardOpStatus.ID_CONFLICT,
+                0,
+                f"request_id {request_id!r} was used for another request",
+            )
+            return None, CardAnswer(fingerprint, *conflict, self.ledger.card(req.card_id), 0, 0)
+        seq, accepted = self._next(req.now_ms)
+        entry = CardOpEntry(request_id, req.method, req.channel, req.card_id, req.args, 0, 0)
+        outcome: Outcome = self._run(seq, accepted, entry)
+        body = CardOpEntry(
+            request_id,
+            req.method,
+            req.channel,
+            req.card_id,
+            req.args,
+            int(outcome.status),
+            outcome.amount_fen,
+        )
+        return Envelope(seq, accepted, b"", body), self.answers[request_id]
+
+    def admin(self, body: Body, now_ms: int) -> Envelope:
+        """A registry change (party, terminal, rule, concession, config, seed)."""
+        seq, accepted = self._next(now_ms)
+        self._run(seq, accepted, body)
+        return Envelope(seq, accepted, b"", body)
+
+    # Replay ---------------------------------------------------------------
+
+    def replay(self, envelope: Envelope) -> None:
+        body = envelope.body
+        if isinstance(body, TapBatchEntry):
+            probe = TapBatchEntry(body.terminal_id, body.packed_taps, b"")
+            results = self._run(envelope.seq, envelope.accepted_at_ms, probe)
+            if results != body.packed_results:
+                raise JournalCorrupt(envelope.seq, "replayed tap results differ from the journal")
+        elif isinstance(body, CardOpEntry):
+            outcome = self._run(envelope.seq, envelope.accepted_at_ms, body)
+            if (int(outcome.status), outcome.amount_fen) != (body.status, body.amount_fen):
+                raise JournalCorrupt(envelope.seq, "replayed card operation answers differently")
+        else:
+            self._run(envelope.seq, envelope.accepted_at_ms, body)
+
+    # The one path every entry takes ---------------------------------------------------------------
+
+    def _run(self, seq: int, accepted_at_ms: int, body: Body):
+        if isinstance(body, TapBatchEntry):
+            if body.terminal_id not in self.registry.terminals:
+                raise JournalCorrupt(seq, f"tap batch from unknown terminal {body.terminal_id}")
+            self._advance(seq, accepted_at_ms)
+            self.taps_since_checkpoint += len(body.packed_taps) // TAP_BYTES
+            return self.ledger.apply_batch(body.terminal_id, body.packed_taps, accepted_at_ms, seq)
+        self._advance(seq, accepted_at_ms)
+        if isinstance(body, CardOpEntry):
+            return self._card_op(seq, accepted_at_ms, body)
+        self._apply_registry(seq, body)
+        if not isinstance(body, SeedEntry):  # seeded cards live in the ledger's snapshot
+            self._registry_entries.append((seq, body))
+        return None
+
+    def _card_op(self, seq: int, accepted_at_ms: int, body: CardOpEntry) -> Outcome:
+        operation, _ = cards.OPERATIONS[body.method]
+        req = CardRequest(body.method, body.card_id, tuple(body.args), body.channel, accepted_at_ms)
+        outcome = operation(self.ledger, self.registry, req)
+        self.answers[body.request_id] = CardAnswer(
+            (req.method, req.channel, req.card_id, req.args),
+            int(outcome.status),
+            outcome.amount_fen,
+            outcome.message,
+            self.ledger.card(req.card_id),
+            seq,
+            accepted_at_ms,
+        )
+        return outcome
+
+    def _apply_registry(self, seq: int, body: Body) -> None:
+        reg, ledger = self.registry, self.ledger
+        if isinstance(body, ConfigEntry):
+            reg.apply_config(ledger, body, seq)
+        elif isinstance(body, PartyEntry):
+            reg.apply_party(ledger, body.party)
+        elif isinstance(body, TerminalEntry):
+            reg.apply_terminal(ledger, body.terminal)
+        elif isinstance(body, MerchantRuleEntry):
+            reg.apply_rule(ledger, body)
+        elif isinstance(body, ConcessionEntry):
+            reg.apply_concession(ledger, body)
+        elif isinstance(body, SeedEntry):
+            self._seed(body)
+        else:  # pragma: no cover - a new entry type without a case here
+            raise AssertionError(f"entry {seq}: no handler for {type(body).__name__}")
+
+    def _seed(self, body: SeedEntry) -> None:
+        ledger = self.ledger
+        for index in range(body.count):
+            card_id = body.first_card_id + index
+            ledger.issue_card(card_id, seed_card_type(index), 0)
+            if body.opening_balance_fen:
+                ledger.adjust_balance(card_id, body.opening_balance_fen)
+
+    # Checkpoints ---------------------------------------------------------------
+
+    def checkpoint_builder(self):
+        """Capture the state now; the writer adds the chain hash once it is known."""
+        seq, implementation = self.last_seq, self.ledger.implementation
+        ledger_blob = self.ledger.snapshot()
+        engine_blob = msgspec.msgpack.encode(
+            EngineState(self.last_seq, self.last_accepted_ms, self._registry_entries, self.answers)
+        )
+        self.taps_since_checkpoint = 0
+
+        def build(chain_hash: bytes) -> Checkpoint:
+            return Checkpoint(seq, chain_hash, implementation, ledger_blob, engine_blob)
+
+        return build
+
+    def restore(self, cp: Checkpoint) -> bool:
+        """Adopt a checkpoint written by the same core implementation."""
+        if cp.implementation != self.ledger.implementation:
+            return False
+        state = msgspec.msgpack.decode(cp.engine, type=EngineState)
+        for seq, body in state.registry_entries:
+            self._apply_registry(seq, body)
+        self.ledger.restore(cp.ledger)  # after the registry: its state wins
+        self._registry_entries = list(state.registry_entries)
+        self.answers = state.answers
+        self.last_seq, self.last_accepted_ms = state.last_seq, state.last_accepted_ms
+        return True
+
+
+def _check_request(request_id: str, req: CardRequest) -> None:
+    """Malformed requests are refused before anything is journaled."""
+    if not request_id or len(request_id.encode()) > REQUEST_ID_BYTES_MAX:
+        raise RequestRejected(
+            "INVALID_ARGUMENT", f"request_id must be 1..{REQUEST_ID_BYTES_MAX} bytes (a UUID)"
+        )
+    operation = cards.OPERATIONS.get(req.method)
+    assert operation is not None, f"unknown card method {req.method}"
+    assert len(req.args) == operation[1]
+    if req.method == "IssueCard" and req.args[0] not in cards.CARD_TYPES:
+        raise RequestRejected(
+            "INVALID_ARGUMENT", "card_type must be ADULT, STUDENT, ELDERLY or DISABLED"
+        )

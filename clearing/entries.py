@@ -1,0 +1,128 @@
+"""Journal records: one msgspec record per entry, hash-chained.
+
+An entry holds what the engine needs to replay it (the request) and what it
+answered (the results), so replay can check itself against the original.
+The stored value is ``msgpack(Envelope)``; the chain hash of an entry is the
+SHA-256 of those bytes, and each envelope carries its predecessor's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+GENESIS_HASH = bytes(32)
+
+
+class TapBatchEntry(msgspec.Struct, tag="tap", array_like=True, frozen=True):
+    terminal_id: int
+    packed_taps: bytes  # limits.TAP_STRUCT records
+    packed_results: bytes  # limits.RESULT_STRUCT records
+
+
+class CardOpEntry(msgspec.Struct, tag="card", array_like=True, frozen=True):
+    request_id: str
+    method: str  # IssueCard, TopUp, ...
+    channel: str  # party id of the caller (hall or agent); "" for others
+    card_id: int
+    args: tuple[int, ...]  # method-specific: (card_type, deposit_fen), (amount_fen,), ...
+    status: int  # CardReply.Status
+    amount_fen: int  # top-up amount, or cash paid out on close
+
+
+class PartyRecord(msgspec.Struct, array_like=True, frozen=True):
+    party_id: str
+    role: str
+    fee_bp: int
+    fee_per_bill_fen: int
+    commission_bp: int
+    discount_bp: int
+    bank_account: str
+
+
+class TerminalRecord(msgspec.Struct, array_like=True, frozen=True):
+    terminal_id: int
+    terminal_class: str
+    party_id: str
+    key: bytes
+    token_sha256: bytes  # the token itself is never journaled
+
+
+class SettingsRecord(msgspec.Struct, array_like=True, frozen=True):
+    """The business settings that change outcomes; replay must see them."""
+
+    limits: dict[str, int]
+    rules: dict[str, int]
+    concession_bp: dict[str, int]
+
+
+class ConfigEntry(msgspec.Struct, tag="config", array_like=True, frozen=True):
+    """The configuration file as first applied, or a change of it at a start."""
+
+    settings: SettingsRecord
+    parties: tuple[PartyRecord, ...]
+    terminals: tuple[TerminalRecord, ...]
+
+
+class PartyEntry(msgspec.Struct, tag="party", array_like=True, frozen=True):
+    party: PartyRecord
+
+
+class TerminalEntry(msgspec.Struct, tag="terminal", array_like=True, frozen=True):
+    terminal: TerminalRecord
+
+
+class MerchantRuleEntry(msgspec.Struct, tag="rule", array_like=True, frozen=True):
+    party_id: str
+    effective_from_ms: int
+    discount_bp: int
+
+
+class ConcessionEntry(msgspec.Struct, tag="concession", array_like=True, frozen=True):
+    card_type: str
+    concession_bp: int
+
+
+class SeedEntry(msgspec.Struct, tag="seed", array_like=True, frozen=True):
+    """Bulk issue of ``count`` cards from ``first_card_id`` with an opening balance."""
+
+    first_card_id: int
+    count: int
+    opening_balance_fen: int
+    hall: str
+
+
+Body = (
+    TapBatchEntry
+    | CardOpEntry
+    | ConfigEntry
+    | PartyEntry
+    | TerminalEntry
+    | MerchantRuleEntry
+    | ConcessionEntry
+    | SeedEntry
+)
+
+
+class Envelope(msgspec.Struct, array_like=True, frozen=True):
+    seq: int
+    accepted_at_ms: int
+    prev_hash: bytes
+    body: Body
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+def encode(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode(value: bytes | memoryview) -> Envelope:
+    return _decoder.decode(value)
+
+
+def chain_hash(value: bytes | memoryview) -> bytes:
+    return hashlib.sha256(value).digest()

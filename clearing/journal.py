@@ -1,0 +1,335 @@
+"""Append-only LMDB journal with a hash chain, group commit and checkpoints.
+
+One LMDB environment, three named databases:
+
+- ``journal``: key = seq (u64 BE), value = ``entries.encode(Envelope)``; never
+  updated or deleted.
+- ``checkpoints``: key = seq, value = a ``Checkpoint`` of the derived state
+  after that entry; only the newest ``CHECKPOINTS_KEPT`` are kept.
+- ``meta``: format version.
+
+Commits are durable (``sync=True, metasync=True``, no ``writemap``). Appends
+from the event loop are queued to one writer thread, which encodes, chains and
+commits every queued entry in one transaction (group commit) and resolves the
+callers' futures after the commit; fsync never runs on the event loop.
+
+A storage failure (map full, disk full, I/O error) is sticky: the journal
+refuses every later append, so the service stops acknowledging work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lmdb
+import msgspec
+
+from clearing import entries
+from clearing.entries import GENESIS_HASH, Envelope
+from clearing.errors import JournalCorrupt, JournalError, StorageError
+from clearing.limits import CHECKPOINTS_KEPT, GROUP_COMMIT_ENTRIES_MAX
+
+FORMAT_VERSION = b"clearing-journal-1"
+_SEQ = struct.Struct(">Q")
+
+
+class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
+    seq: int
+    chain_hash: bytes  # chain hash of entry ``seq``: ties the state to the journal
+    implementation: str  # which ledger core wrote ``ledger``
+    ledger: bytes
+    engine: bytes
+
+
+class _Head(msgspec.Struct, array_like=True, frozen=True):
+    """An envelope with its body left encoded: verification without decoding."""
+
+    seq: int
+    accepted_at_ms: int
+    prev_hash: bytes
+    body: msgspec.Raw
+
+
+_head_decoder = msgspec.msgpack.Decoder(_Head)
+_checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+_encoder = msgspec.msgpack.Encoder()
+
+# Writer queue items: ("entry", seq, accepted_at_ms, body) or ("checkpoint", builder)
+_Item = tuple[Any, ...]
+CommitListener = Callable[[int, float, int], None]  # (entries, seconds, last seq)
+
+
+def storage_message(exc: BaseException, map_size_bytes: int) -> str:
+    """What went wrong with storage, and what the operator should do."""
+    if isinstance(exc, lmdb.MapFullError):
+        return (
+            f"journal map is full ({map_size_bytes} bytes): raise [server] map_size_bytes "
+            "and restart; nothing acknowledged was lost"
+        )
+    if isinstance(exc, OSError | lmdb.Error) and "No space left" in str(exc):
+        return "disk full under the journal: free space and restart; nothing acknowledged was lost"
+    return f"journal storage failed ({type(exc).__name__}: {exc}); check the disk and restart"
+
+
+class Journal:
+    def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
+        self.path = path
+        self.map_size_bytes = map_size_bytes
+        if not readonly:
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.exists(os.path.join(path, "data.mdb")):
+            raise JournalError(f"no journal at {path}: check the data directory")
+        try:
+            self._env = lmdb.open(
+                path,
+                map_size=map_size_bytes,
+                subdir=True,
+                readonly=readonly,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                max_dbs=4,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise JournalError(f"cannot open the journal at {path}: {exc}") from exc
+        self._entries = self._env.open_db(b"journal", create=not readonly)
+        self._checkpoints = self._env.open_db(b"checkpoints", create=not readonly)
+        self._meta = self._env.open_db(b"meta", create=not readonly)
+        if not readonly:
+            self._env.reader_check()  # clear reader slots left by killed processes
+            self._check_format()
+        self._head_hash, self._head_seq = self._read_head()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._last_future: asyncio.Future[None] | None = None
+        self.failure: str | None = None
+        self.on_commit: CommitListener | None = None
+        self.on_failure: Callable[[str], None] | None = None
+
+    # Reading ---------------------------------------------------------------
+
+    def _check_format(self) -> None:
+        with self._env.begin(write=True, db=self._meta) as txn:
+            found = txn.get(b"format")
+            if found is None:
+                txn.put(b"format", FORMAT_VERSION)
+            elif found != FORMAT_VERSION:
+                raise JournalError(f"journal at {self.path} has format {found!r}, not ours")
+
+    def _read_head(self) -> tuple[bytes, int]:
+        with self._env.begin(db=self._entries) as txn:
+            cursor = txn.cursor()
+            if not cursor.last():
+                return GENESIS_HASH, 0
+            return entries.chain_hash(cursor.value()), _SEQ.unpack(cursor.key())[0]
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq committed or queued."""
+        return self._head_seq
+
+    def size_bytes(self) -> int:
+        info = self._env.info()
+        return info["last_pgno"] * self._env.stat()["psize"]
+
+    def scan(self, first_seq: int = 1) -> Iterator[tuple[int, bytes]]:
+        """(seq, value) of every committed entry from ``first_seq`` on."""
+        with self._env.begin(db=self._entries, buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(_SEQ.pack(first_seq)):
+                return
+            for key, value in cursor:
+                yield _SEQ.unpack(key)[0], bytes(value)
+
+    def get(self, seq: int) -> Envelope | None:
+        with self._env.begin(db=self._entries) as txn:
+            value = txn.get(_SEQ.pack(seq))
+        return None if value is None else entries.decode(value)
+
+    def verified_scan(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """(seq, value, chain hash) from seq 1, checking sequence and chain."""
+        prev_hash = GENESIS_HASH
+        expected = 1
+        for seq, value in self.scan(1):
+            if seq != expected:
+                raise JournalCorrupt(expected, f"missing; the next stored entry is {seq}")
+            try:
+                head = _head_decoder.decode(value)
+            except msgspec.DecodeError as exc:
+                raise JournalCorrupt(seq, f"undecodable record ({exc})") from exc
+            if head.seq != seq:
+                raise JournalCorrupt(seq, f"record says it is entry {head.seq}")
+            if head.prev_hash != prev_hash:
+                raise JournalCorrupt(
+                    seq, "hash chain broken: prev_hash does not match entry before"
+                )
+            prev_hash = entries.chain_hash(value)
+            yield seq, value, prev_hash
+            expected += 1
+        self._check_head(expected - 1, prev_hash)
+
+    def _check_head(self, last_seq: int, last_hash: bytes) -> None:
+        with self._env.begin(db=self._meta) as txn:
+            head = txn.get(b"head")
+        if head is None:
+            if last_seq:
+                raise JournalCorrupt(last_seq, "the recorded journal head is missing")
+            return
+        head_seq = _SEQ.unpack(head[:8])[0]
+        if head_seq != last_seq:
+            raise JournalCorrupt(
+                head_seq, f"recorded as the head, but the journal ends at {last_seq}"
+            )
+        if head[8:] != last_hash:
+            raise JournalCorrupt(last_seq, "last entry does not match the recorded head hash")
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        with self._env.begin(db=self._checkpoints) as txn:
+            cursor = txn.cursor()
+            found = cursor.last()
+            while found:
+                try:
+                    cp = _checkpoint_decoder.decode(cursor.value())
+                except msgspec.DecodeError:
+                    cp = None  # a damaged checkpoint only costs replay time
+                if cp is not None and cp.seq <= self._head_seq:
+                    return cp
+                found = cursor.prev()
+        return None
+
+    # Writing (start-up and offline tools: synchronous) --------------------------
+
+    def append_now(self, seq: int, accepted_at_ms: int, body: entries.Body) -> None:
+        """Commit one entry synchronously (start-up, before the writer runs)."""
+        assert self._writer is None, "use append() once the writer thread runs"
+        self._commit([("entry", seq, accepted_at_ms, body)])
+
+    # Writing (the service: writer thread, group commit) ---------------------------
+
+    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._writer is None
+        self._loop = loop
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
+
+    def append(self, seq: int, accepted_at_ms: int, body: entries.Body) -> asyncio.Future[None]:
+        """Queue an entry; the future completes once it is durably committed."""
+        assert self._loop is not None, "start_writer() first"
+        if self.failure is not None:
+            raise StorageError(self.failure)
+        assert seq == self._head_seq + 1, "entries are appended in sequence"
+        self._head_seq = seq
+        future = self._loop.create_future()
+        self._pending[seq] = future
+        self._last_future = future
+        self._queue.put(("entry", seq, accepted_at_ms, body))
+        return future
+
+    def append_checkpoint(self, build: Callable[[bytes], Checkpoint]) -> None:
+        """Queue a checkpoint after every entry queued so far.
+
+        ``build(chain_hash)`` runs on the writer thread, when the hash of the
+        last entry before it is known.
+        """
+        self._queue.put(("checkpoint", build))
+
+    async def wait_durable(self) -> None:
+        """Wait until everything queued so far is committed (for consistent reads)."""
+        if self._last_future is not None and not self._last_future.done():
+            await asyncio.shield(self._last_future)
+        if self.failure is not None:
+            raise StorageError(self.failure)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._env.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            while len(group) < GROUP_COMMIT_ENTRIES_MAX:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this group
+                    break
+                group.append(more)
+            self._write_group(group)
+
+    def _write_group(self, group: list[_Item]) -> None:
+        seqs = [item[1] for item in group if item[0] == "entry"]
+        if self.failure is not None:
+            self._resolve(seqs, StorageError(self.failure), 0.0)
+            return
+        started = time.perf_counter()
+        try:
+            self._commit(group)
+        except (lmdb.Error, OSError) as exc:
+            self.failure = storage_message(exc, self.map_size_bytes)
+            self._resolve(seqs, StorageError(self.failure), 0.0)
+            if self.on_failure is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self.on_failure, self.failure)
+            return
+        self._resolve(seqs, None, time.perf_counter() - started)
+
+    def _commit(self, group: list[_Item]) -> None:
+        """Write a group in one durable transaction; the chain moves only on success."""
+        head_hash = self._head_hash
+        with self._env.begin(write=True) as txn:
+            for item in group:
+                if item[0] == "entry":
+                    _, seq, accepted_at_ms, body = item
+                    value = entries.encode(Envelope(seq, accepted_at_ms, head_hash, body))
+                    if not txn.put(_SEQ.pack(seq), value, append=True, db=self._entries):
+                        raise JournalError(f"entry {seq} already exists: two writers?")
+                    head_hash = entries.chain_hash(value)
+                else:
+                    self._put_checkpoint(txn, item[1](head_hash))
+            last = [item[1] for item in group if item[0] == "entry"]
+            if last:  # the head is recorded apart so that a damaged last entry shows
+                txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)
+        self._head_hash = head_hash
+        if self._writer is None:  # the synchronous path moves the queued seq too
+            self._head_seq = max([self._head_seq] + [i[1] for i in group if i[0] == "entry"])
+
+    def _put_checkpoint(self, txn: lmdb.Transaction, cp: Checkpoint) -> None:
+        txn.put(_SEQ.pack(cp.seq), _encoder.encode(cp), db=self._checkpoints)
+        cursor = txn.cursor(db=self._checkpoints)
+        keys = [bytes(k) for k in cursor.iternext(keys=True, values=False)]
+        for old in keys[:-CHECKPOINTS_KEPT]:
+            txn.delete(old, db=self._checkpoints)
+
+    def _resolve(self, seqs: list[int], error: BaseException | None, seconds: float) -> None:
+        if self._loop is None or not seqs:
+            return
+        self._loop.call_soon_threadsafe(self._settle, seqs, error, seconds)
+
+    def _settle(self, seqs: list[int], error: BaseException | None, seconds: float) -> None:
+        for seq in seqs:
+            future = self._pending.pop(seq, None)
+            if future is None or future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        if error is None and self.on_commit is not None:
+            self.on_commit(len(seqs), seconds, seqs[-1])

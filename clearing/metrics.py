@@ -1,0 +1,96 @@
+"""Prometheus metrics: `clearing_` prefix, base units, `_total` counters, no card labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from clearing.codes import TapStatus
+
+_LATENCY_BUCKETS_SECONDS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
+
+# count_statuses() index -> status label; index 0 counts duplicates.
+STATUS_LABELS = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.taps = Counter(
+            "clearing_taps",
+            "Taps answered, by terminal class and outcome",
+            ["terminal_class", "status"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "clearing_tap_batches", "Tap batches answered", ["terminal_class"], registry=r
+        )
+        self.batch_latency = Histogram(
+            "clearing_batch_latency_seconds",
+            "From a batch's arrival to its durable answer",
+            ["terminal_class"],
+            buckets=_LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "clearing_journal_commit_latency_seconds",
+            "One group commit, fsync included",
+            buckets=_LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.committed_entries = Counter(
+            "clearing_journal_entries", "Journal entries durably committed", registry=r
+        )
+        self.journal_seq = Gauge(
+            "clearing_journal_last_seq", "Sequence number of the last committed entry", registry=r
+        )
+        self.journal_size = Gauge(
+            "clearing_journal_size_bytes", "Bytes of the journal's LMDB file in use", registry=r
+        )
+        self.card_ops = Counter(
+            "clearing_card_operations",
+            "Card operations answered",
+            ["method", "status"],
+            registry=r,
+        )
+        self.serving = Gauge("clearing_serving", "1 while the server acknowledges work", registry=r)
+        self._tap_children: dict[str, list] = {}
+
+    def observe_batch(self, terminal_class: str, counts: Sequence[int], seconds: float) -> None:
+        children = self._tap_children.get(terminal_class)
+        if children is None:
+            children = [self.taps.labels(terminal_class, s) for s in STATUS_LABELS]
+            self._tap_children[terminal_class] = children
+        for child, count in zip(children, counts, strict=True):
+            if count:
+                child.inc(count)
+        self.batches.labels(terminal_class).inc()
+        self.batch_latency.labels(terminal_class).observe(seconds)
+
+    def observe_commit(self, entries: int, seconds: float, last_seq: int) -> None:
+        self.committed_entries.inc(entries)
+        self.commit_latency.observe(seconds)
+        self.journal_seq.set(last_seq)
+
+    def watch_journal_size(self, size_bytes: Callable[[], int]) -> None:
+        self.journal_size.set_function(size_bytes)
+
+    def serve_http(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)

@@ -1,0 +1,1 @@
+"""The gRPC layer: thin servicers that call the service with whole batches."""

@@ -1,0 +1,86 @@
+"""Bearer-token principals and the role matrix (SPEC §9), in one table."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from clearing.errors import ClearingError, RequestRejected
+from clearing.server.status import to_status
+from clearing.service import Principal, Service
+
+# "Service/Method" -> roles allowed. A method missing here is refused to all.
+METHOD_ROLES: dict[str, frozenset[str]] = {
+    "TapService/SubmitTaps": frozenset({"TERMINAL"}),
+    "TapService/StreamTaps": frozenset({"TERMINAL"}),
+    "CardService/IssueCard": frozenset({"HALL"}),
+    "CardService/TopUp": frozenset({"HALL", "AGENT"}),
+    "CardService/ReportLoss": frozenset({"HALL"}),
+    "CardService/CancelLoss": frozenset({"HALL"}),
+    "CardService/ReplaceCard": frozenset({"HALL"}),
+    "CardService/CloseCard": frozenset({"HALL"}),
+    "CardService/GetCard": frozenset({"HALL"}),
+    "CardService/GetCardHistory": frozenset({"HALL"}),
+    **{
+        f"AdminService/{method}": frozenset({"ADMIN"})
+        for method in (
+            "UpsertParty",
+            "ListParties",
+            "UpsertTerminal",
+            "ListTerminals",
+            "AddMerchantRule",
+            "ListMerchantRules",
+            "SetConcession",
+            "ListConcessions",
+            "GetTerminalStatus",
+            "SetClock",
+        )
+    },
+}
+
+_BEARER = "bearer "
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.lower().startswith(_BEARER):
+            return value[len(_BEARER) :].strip()
+    return None
+
+
+def authorize(service: Service, context: grpc.aio.ServicerContext, method: str) -> Principal:
+    """The caller's principal, or a rejection: UNAUTHENTICATED / PERMISSION_DENIED."""
+    token = bearer_token(context)
+    if not token:
+        raise RequestRejected("UNAUTHENTICATED", "missing 'authorization: Bearer <token>' metadata")
+    principal = service.principal(token)
+    if principal is None:
+        raise RequestRejected("UNAUTHENTICATED", "unknown bearer token")
+    if principal.role not in METHOD_ROLES.get(method, frozenset()):
+        raise RequestRejected("PERMISSION_DENIED", f"role {principal.role} may not call {method}")
+    return principal
+
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext, Principal], Awaitable[Any]]
+
+
+def rpc(method: str) -> Callable[[Handler], Callable[..., Awaitable[Any]]]:
+    """Authorize a unary handler and map engine errors to gRPC statuses."""
+    assert method in METHOD_ROLES, f"{method} is missing from METHOD_ROLES"
+
+    def decorate(handler: Handler) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                principal = authorize(self.service, context, method)
+                return await handler(self, request, context, principal)
+            except ClearingError as exc:
+                code, message = to_status(exc)
+                await context.abort(code, message)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,25 @@
+"""The one place engine errors become gRPC statuses."""
+
+from __future__ import annotations
+
+import grpc
+
+from clearing.errors import (
+    ClearingError,
+    ConfigError,
+    JournalError,
+    RequestRejected,
+    StorageError,
+)
+
+
+def to_status(exc: ClearingError) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, RequestRejected):
+        return grpc.StatusCode[exc.code], exc.message
+    if isinstance(exc, ConfigError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, StorageError):
+        return grpc.StatusCode.UNAVAILABLE, f"not acknowledging work: {exc}"
+    if isinstance(exc, JournalError):
+        return grpc.StatusCode.INTERNAL, str(exc)
+    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"

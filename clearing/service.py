@@ -1,0 +1,227 @@
+"""The engine behind the network: start-up replay, durable answers, checkpoints.
+
+All engine calls happen on the event loop thread, one at a time, so entries
+are applied and queued to the journal in sequence order; an answer is
+returned only after the journal's writer thread has committed its entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import NamedTuple
+
+import structlog
+
+from clearing import entries
+from clearing.cards import CardRequest
+from clearing.clock import ManualClock, SystemClock
+from clearing.codes import CardOpStatus
+from clearing.config import Config, token_digest
+from clearing.engine import CardAnswer, Engine
+from clearing.entries import Body, Envelope, SeedEntry
+from clearing.errors import JournalCorrupt, RequestRejected, StorageError
+from clearing.journal import Journal
+from clearing.limits import CHECKPOINT_EVERY_TAPS, GAP_RANGES_MAX
+from clearing.registry import config_entry
+
+log = structlog.get_logger("clearing.service")
+
+
+class Principal(NamedTuple):
+    role: str  # TERMINAL HALL AGENT FINANCE ADMIN
+    party: str  # the caller's party ("" for FINANCE / ADMIN)
+    terminal_id: int  # TERMINAL only
+
+
+class TerminalStatus(NamedTuple):
+    terminal_id: int
+    terminal_class: str
+    party_id: str
+    last_seq: int
+    received_count: int
+    gap_count: int
+    gaps: list[tuple[int, int]]
+    gaps_truncated: bool
+
+
+def journal_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "journal")
+
+
+def load_engine(journal: Journal, engine: Engine) -> int:
+    """Rebuild the engine from the newest usable checkpoint and the journal.
+
+    Verifies the whole hash chain; returns the number of entries replayed.
+    """
+    cp = journal.latest_checkpoint()
+    base = cp.seq if cp is not None and engine.restore(cp) else 0
+    replayed = 0
+    for seq, value, chain in journal.verified_scan():
+        if seq == base and cp is not None and chain != cp.chain_hash:
+            raise JournalCorrupt(seq, "the checkpoint does not belong to this journal")
+        if seq > base:
+            engine.replay(entries.decode(value))
+            replayed += 1
+    if engine.last_seq != journal.last_seq:
+        raise JournalCorrupt(journal.last_seq, f"checkpoint at {base} is beyond the journal")
+    return replayed
+
+
+class Service:
+    def __init__(self, config: Config, *, ledger_class: type | None = None) -> None:
+        self.config = config
+        self.clock: SystemClock | ManualClock = (
+            ManualClock(SystemClock().now_ms()) if config.server.manual_clock else SystemClock()
+        )
+        self.journal = Journal(journal_path(config.server.data_dir), config.server.map_size_bytes)
+        self.engine = Engine(ledger_class) if ledger_class is not None else Engine()
+        self._principals = {
+            token_digest(p.token): Principal(p.role, p.party, 0) for p in config.principals
+        }
+        self.serving = False
+        self.replayed = 0  # entries replayed at the last start (after the checkpoint)
+
+    # Start-up ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Replay the journal, then journal the configuration if it changed."""
+        try:
+            self.replayed = load_engine(self.journal, self.engine)
+        except Exception:
+            self.journal.close()
+            raise
+        log.info("journal replayed", entries=self.replayed, last_seq=self.engine.last_seq)
+        wanted = config_entry(self.config)
+        registry = self.engine.registry
+        if registry.settings is None or registry.differs_from(wanted):
+            self._append_now(wanted)
+        seed = self.config.seed
+        if seed.cards and self.engine.ledger.card_count() == 0:
+            self._append_now(
+                SeedEntry(seed.first_card_id, seed.cards, seed.opening_balance_fen, seed.hall)
+            )
+        if isinstance(self.clock, ManualClock):
+            self.clock.set(max(self.clock.now_ms(), self.engine.last_accepted_ms))
+
+    def _append_now(self, body: Body) -> None:
+        env = self.engine.admin(body, self.clock.now_ms())
+        self.journal.append_now(env.seq, env.accepted_at_ms, env.body)
+
+    async def start(self) -> None:
+        self.journal.start_writer(asyncio.get_running_loop())
+        self.serving = True
+
+    async def stop(self) -> None:
+        """Commit what is queued, checkpoint, close LMDB."""
+        self.serving = False
+        if self.journal.failure is None:
+            await self.journal.wait_durable()
+            if self.engine.taps_since_checkpoint:
+                self.journal.append_checkpoint(self.engine.checkpoint_builder())
+        self.journal.close()
+
+    # Principals ---------------------------------------------------------------
+
+    def principal(self, token: str) -> Principal | None:
+        found = self._principals.get(token_digest(token))
+        if found is not None:
+            return found
+        terminal = self.engine.registry.terminal_for_token(token)
+        if terminal is None:
+            return None
+        return Principal("TERMINAL", terminal.party_id, terminal.terminal_id)
+
+    # Writes ---------------------------------------------------------------
+
+    def _check_serving(self) -> None:
+        if self.journal.failure is not None:
+            raise StorageError(self.journal.failure)
+        if not self.serving:
+            raise RequestRejected("UNAVAILABLE", "the server is not serving (starting or stopping)")
+
+    async def _commit(self, env: Envelope) -> Envelope:
+        """Queue an applied entry and wait until it is durable."""
+        future = self.journal.append(env.seq, env.accepted_at_ms, env.body)
+        if self.engine.taps_since_checkpoint >= CHECKPOINT_EVERY_TAPS:
+            self.journal.append_checkpoint(self.engine.checkpoint_builder())
+        await future
+        return env
+
+    def submit_taps_nowait(
+        self, terminal_id: int, packed_taps: bytes
+    ) -> tuple[Envelope, asyncio.Future]:
+        """Apply a checked batch now; the future completes when it is durable.
+
+        Streams use this to keep several batches in flight, in order.
+        """
+        self._check_serving()
+        env = self.engine.tap_batch(terminal_id, packed_taps, self.clock.now_ms())
+        return env, asyncio.ensure_future(self._commit(env))
+
+    async def submit_taps(self, terminal_id: int, packed_taps: bytes) -> Envelope:
+        _, done = self.submit_taps_nowait(terminal_id, packed_taps)
+        return await done
+
+    async def card_op(
+        self, request_id: str, method: str, channel: str, card_id: int, args: tuple[int, ...]
+    ) -> tuple[CardAnswer, bool]:
+        """(answer, duplicate): a repeat of request_id answers from memory."""
+        self._check_serving()
+        req = CardRequest(method, card_id, args, channel, self.clock.now_ms())
+        env, answer = self.engine.card_op(request_id, req)
+        if env is None:
+            await self.journal.wait_durable()  # the original answer must be durable too
+            return answer, answer.status != CardOpStatus.ID_CONFLICT  # a conflict is no repeat
+        await self._commit(env)
+        return answer, False
+
+    async def admin(self, body: Body) -> Envelope:
+        self._check_serving()
+        return await self._commit(self.engine.admin(body, self.clock.now_ms()))
+
+    def deny_list_version(self) -> int:
+        return 0  # the deny list arrives with the card lifecycle (issue 3)
+
+    # Reads ---------------------------------------------------------------
+
+    async def durable(self) -> None:
+        """Reads wait for what they see to be durable: no answer from thin air."""
+        if self.journal.failure is not None:
+            raise StorageError(self.journal.failure)
+        await self.journal.wait_durable()
+
+    async def get_card(self, card_id: int) -> tuple[int, int, int, int, int] | None:
+        await self.durable()
+        return self.engine.ledger.card(card_id)
+
+    async def terminal_status(self, terminal_id: int) -> TerminalStatus | None:
+        await self.durable()
+        terminal = self.engine.registry.terminals.get(terminal_id)
+        if terminal is None:
+            return None
+        last_seq, received = self.engine.ledger.terminal_status(terminal_id)
+        gaps = gap_ranges(self.engine.ledger.terminal_seqs(terminal_id), GAP_RANGES_MAX + 1)
+        return TerminalStatus(
+            terminal_id,
+            terminal.terminal_class,
+            terminal.party_id,
+            last_seq,
+            received,
+            last_seq - received,
+            gaps[:GAP_RANGES_MAX],
+            len(gaps) > GAP_RANGES_MAX,
+        )
+
+
+def gap_ranges(seqs: list[int], most: int) -> list[tuple[int, int]]:
+    """Ranges of numbers in 1..max(seqs) missing from the ascending ``seqs``."""
+    gaps: list[tuple[int, int]] = []
+    expected = 1
+    for seq in seqs:
+        if seq > expected:
+            gaps.append((expected, seq - 1))
+            if len(gaps) >= most:
+                break
+        expected = seq + 1
+    return gaps

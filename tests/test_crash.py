@@ -1,0 +1,206 @@
+"""Crashes: kill -9 of a real server process, and restarts from checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clearing import service as service_module
+from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
+from clearing.codes import TapStatus
+from clearing.config import dump_config, parse_config
+from clearing.verify import verify_journal
+from tests.conftest import TOKENS, VALIDATOR, city_dict, terminal_key, terminal_token
+
+CARDS = [8_000_000 + i for i in range(1, 21)]
+KILLS = 3
+BATCH_TAPS = 50
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, tmp_path) -> None:
+        config = parse_config(city_dict(str(tmp_path / "data")))
+        self.config_path = tmp_path / "city.toml"
+        self.config_path.write_text(dump_config(config))
+        self.data_dir = config.server.data_dir
+        self.proc: subprocess.Popen | None = None
+        self.target = ""
+
+    async def start(self) -> None:
+        self.target = f"127.0.0.1:{_free_port()}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clearing",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--listen",
+                self.target,
+                "--metrics-listen",
+                f"127.0.0.1:{_free_port()}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        async with grpc.aio.insecure_channel(self.target) as chan:
+            health = health_pb2_grpc.HealthStub(chan)
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "server exited while starting"
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError("server did not become SERVING")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+async def _issue_cards(stubs: Stubs) -> None:
+    from clearing.v1 import cards_pb2
+
+    for card_id in CARDS:
+        await stubs.cards.IssueCard(
+            cards_pb2.IssueCardRequest(request_id=f"i-{card_id}", card_id=card_id, card_type=1),
+            metadata=bearer(TOKENS["hall"]),
+        )
+
+
+def _batch(number: int, now_ms: int):
+    taps = [
+        (CARDS[(number + i) % len(CARDS)], number * BATCH_TAPS + i + 1, 10 + i, now_ms, 11)
+        for i in range(BATCH_TAPS)
+    ]
+    return signed_batch(VALIDATOR, terminal_key(VALIDATOR), taps)
+
+
+async def _stream_until_killed(server: ServerProcess, first: int, acked: dict, sent: set) -> int:
+    """Stream batches; kill the server after a random number of acknowledgements."""
+    now_ms = int(time.time() * 1000)
+    kill_after = 5 + os.getpid() % 7
+    number = first
+    async with channel(server.target) as chan:
+        stubs = Stubs(chan)
+        metadata = bearer(terminal_token(VALIDATOR))
+        try:
+            for _ in range(200):
+                batch = _batch(number, now_ms)
+                sent.add(number)
+                reply = await stubs.taps.SubmitTaps(batch, metadata=metadata, timeout=5)
+                acked[number] = (batch, unpack_results(reply))
+                number += 1
+                if len(acked) % kill_after == 0:
+                    server.kill()
+        except grpc.aio.AioRpcError:
+            pass  # the connection died: the batch in flight is "unknown"
+    return number + 1
+
+
+@pytest.mark.slow
+async def test_kill_9_loses_no_acknowledged_tap_and_applies_none_twice(tmp_path):
+    server = ServerProcess(tmp_path)
+    await server.start()
+    async with channel(server.target) as chan:
+        await _issue_cards(Stubs(chan))
+    acked: dict[int, tuple] = {}
+    sent: set[int] = set()
+    number = 0
+    for _ in range(KILLS):
+        if server.proc.poll() is not None:
+            await server.start()
+        number = await _stream_until_killed(server, number, acked, sent)
+    await server.start()
+    async with channel(server.target) as chan:
+        stubs = Stubs(chan)
+        metadata = bearer(terminal_token(VALIDATOR))
+        charged = 0
+        for n in sorted(sent):
+            batch = acked[n][0] if n in acked else _batch(n, 0)
+            if n not in acked:
+                continue  # unknown outcome: checked through the balances below
+            reply = unpack_results(await stubs.taps.SubmitTaps(batch, metadata=metadata))
+            assert reply == [(*r[:2], 1, *r[3:]) for r in acked[n][1]], f"batch {n} changed"
+            charged += sum(r[3] for r in acked[n][1] if r[0] == TapStatus.OK)
+        from clearing.v1 import cards_pb2
+
+        total = 0
+        for card_id in CARDS:
+            card = await stubs.cards.GetCard(
+                cards_pb2.GetCardRequest(card_id=card_id), metadata=bearer(TOKENS["hall"])
+            )
+            total += card.balance_fen
+    assert server.terminate() == 0
+    report = verify_journal(server.data_dir)
+    assert report.startswith("journal OK")
+    # Every acknowledged charge is there once; an unknown batch at most once.
+    unknown = sent - set(acked)
+    unknown_max = sum(sum(10 + i for i in range(BATCH_TAPS)) for _ in unknown)
+    assert charged <= -total <= charged + unknown_max
+
+
+async def test_restart_from_a_checkpoint_replays_only_what_follows(harness, monkeypatch):
+    monkeypatch.setattr(service_module, "CHECKPOINT_EVERY_TAPS", 30)
+    h = harness
+    await h.issue(CARDS[0], balance_fen=10_000)
+    key = terminal_key(VALIDATOR)
+    for b in range(10):
+        taps = [(CARDS[0], b * 10 + i, 10, 1_900_000_000_000, 11) for i in range(1, 11)]
+        await h.stubs.taps.SubmitTaps(
+            signed_batch(VALIDATOR, key, taps), metadata=bearer(terminal_token(VALIDATOR))
+        )
+    service = h.server.service
+    total = service.journal.last_seq
+    # A crash: no final checkpoint, LMDB closed as a killed process would leave it.
+    await h.server.grpc.stop(0)
+    service.serving = False
+    await service.journal.wait_durable()
+    service.journal.close()
+    h.server = None
+    await h.start()
+    assert 0 < h.server.service.replayed < total
+    assert await h.balance(CARDS[0]) == 10_000 - 100 * 10
+
+
+async def test_a_damaged_journal_stops_the_start_with_the_position(city):
+    from clearing.client import pack_taps
+    from clearing.errors import JournalCorrupt
+    from clearing.server.app import Server
+    from tests.conftest import Harness, flip_byte
+
+    h = await Harness(city).start()
+    await h.issue(CARDS[0], balance_fen=1_000)
+    taps = [(CARDS[0], seq, 7, 1_900_000_000_000, 11) for seq in range(1, 30)]
+    await h.taps(VALIDATOR, taps)
+    await h.taps(VALIDATOR, [(CARDS[0], 99, 7, 1_900_000_000_000, 11)])
+    await h.stop()
+    flip_byte(os.path.join(city.server.data_dir, "journal", "data.mdb"), pack_taps(taps), 40, 0x10)
+    with pytest.raises(JournalCorrupt, match=r"journal entry \d+: hash chain broken"):
+        await Server(city).start("127.0.0.1:0")

@@ -1,0 +1,116 @@
+"""AdminService, health and metrics end to end."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
+
+from clearing.client import Stubs, bearer, channel, signed_batch
+from clearing.codes import TapStatus
+from clearing.config import parse_config
+from clearing.server.app import Server
+from clearing.v1 import admin_pb2
+from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, city_dict
+
+ADMIN = bearer(TOKENS["admin"])
+CARD = 6_000_001
+
+
+async def test_health_is_serving_and_metrics_count_taps(harness):
+    health = health_pb2_grpc.HealthStub(harness.chan)
+    reply = await health.Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    await harness.issue(CARD, balance_fen=1_000)
+    await harness.taps(VALIDATOR, [(CARD, 1, 200, NOW_MS, 11), (CARD, 2, 0, NOW_MS, 11)])
+    text = generate_latest(harness.server.metrics.registry).decode()
+    assert 'clearing_taps_total{status="OK",terminal_class="VALIDATOR"} 1.0' in text
+    assert 'clearing_taps_total{status="INVALID_AMOUNT",terminal_class="VALIDATOR"} 1.0' in text
+    for name in (
+        "clearing_batch_latency_seconds_bucket",
+        "clearing_journal_commit_latency_seconds_bucket",
+        "clearing_journal_size_bytes",
+        "clearing_journal_last_seq",
+        "clearing_card_operations_total",
+    ):
+        assert name in text
+
+
+async def test_effective_dated_merchant_rules(harness):
+    await harness.issue(CARD, balance_fen=10_000)
+    await harness.stubs.admin.AddMerchantRule(
+        admin_pb2.MerchantRule(
+            party_id="m-0001", effective_from_ms=NOW_MS - 1_000, discount_bp=7_000
+        ),
+        metadata=ADMIN,
+    )
+    before, after = await harness.taps(
+        POS, [(CARD, 1, 1_000, NOW_MS - 1_001, 0), (CARD, 2, 1_000, NOW_MS - 1_000, 0)]
+    )
+    assert (before[3], after[3]) == (880, 700)
+    rules = await harness.stubs.admin.ListMerchantRules(admin_pb2.ListRequest(), metadata=ADMIN)
+    assert [(r.effective_from_ms, r.discount_bp) for r in rules.rules] == [
+        (0, 8_800),
+        (NOW_MS - 1_000, 7_000),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await harness.stubs.admin.AddMerchantRule(
+            admin_pb2.MerchantRule(party_id="m-0001", effective_from_ms=0, discount_bp=6_000),
+            metadata=ADMIN,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_new_terminal_can_submit_after_upsert(harness):
+    key = bytes(range(32))
+    await harness.stubs.admin.UpsertTerminal(
+        admin_pb2.Terminal(
+            terminal_id=777,
+            terminal_class=admin_pb2.VALIDATOR,
+            party_id="op-bus-1",
+            key_hex=key.hex(),
+            token="test-token-terminal-777",
+        ),
+        metadata=ADMIN,
+    )
+    await harness.issue(CARD, balance_fen=1_000)
+    reply = await harness.stubs.taps.SubmitTaps(
+        signed_batch(777, key, [(CARD, 1, 300, NOW_MS, 5)]),
+        metadata=bearer("test-token-terminal-777"),
+    )
+    assert reply.packed_results[0] == TapStatus.OK
+    await harness.restart()  # the terminal was journaled, its token survives
+    assert harness.server.service.principal("test-token-terminal-777").terminal_id == 777
+
+
+async def test_terminal_status_reports_gaps(harness):
+    await harness.issue(CARD, balance_fen=1_000)
+    await harness.taps(VALIDATOR, [(CARD, s, 1, NOW_MS, 11) for s in (1, 2, 5, 9)])
+    status = await harness.stubs.admin.GetTerminalStatus(
+        admin_pb2.GetTerminalStatusRequest(terminal_id=VALIDATOR), metadata=ADMIN
+    )
+    assert (status.last_seq, status.received_count, status.gap_count) == (9, 4, 5)
+    assert [(g.first, g.last) for g in status.gaps] == [(3, 4), (6, 8)]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await harness.stubs.admin.GetTerminalStatus(
+            admin_pb2.GetTerminalStatusRequest(terminal_id=VALIDATOR),
+            metadata=bearer(TOKENS["hall"]),
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_set_clock_is_refused_without_manual_clock(tmp_path):
+    raw = city_dict(str(tmp_path / "data"))
+    raw["server"]["manual_clock"] = False
+    server = Server(parse_config(raw))
+    port = await server.start("127.0.0.1:0")
+    try:
+        async with channel(f"127.0.0.1:{port}") as chan:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await Stubs(chan).admin.SetClock(
+                    admin_pb2.SetClockRequest(now_ms=1), metadata=ADMIN
+                )
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await server.stop(0)
