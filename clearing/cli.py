@@ -60,6 +60,10 @@ def serve(
 @app.command("demo-config")
 def demo_config_command() -> None:
     """Write the demo city as a configuration file to stdout."""
+    sys.stdout.write(
+        "# The demo city (SPEC §1). Its tokens and keys are derived from public names:\n"
+        "# replace every token and key_hex before this file goes anywhere near production.\n\n"
+    )
     sys.stdout.write(dump_config(demo_config()))
 
 

@@ -8,6 +8,7 @@ names the setting, never half-used.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 import zoneinfo
@@ -140,8 +141,30 @@ def parse_config(raw: dict, source: str = "<config>") -> Config:
     return config
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
 def dump_config(config: Config) -> str:
-    return msgspec.toml.encode(config).decode()
+    """The configuration as TOML in the SPEC §11 shape ([[parties]] tables and all)."""
+    raw = msgspec.to_builtins(config)
+    lines: list[str] = []
+    for section, value in raw.items():
+        tables = value if isinstance(value, list) else [value]
+        header = f"[[{section}]]" if isinstance(value, list) else f"[{section}]"
+        for table in tables:
+            lines.append(header)
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+            lines.append("")
+    return "\n".join(lines)
 
 
 def _need(ok: bool, source: str, what: str) -> None:
