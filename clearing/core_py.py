@@ -81,6 +81,10 @@ class Ledger:
         self._terminals: dict[int, list[int]] = {}
         # party_index -> [(effective_from_ms, discount_bp)] sorted by time
         self._rules: dict[int, list[tuple[int, int]]] = {}
+        # card_id -> keys of its tap records, oldest first (dispute history)
+        self._card_taps: dict[int, list[tuple[int, int]]] = {}
+        self._min_boarding_balance_fen = 0
+        self._crossings: list[int] = []  # cards that fell below it since the last take
         self.configure(
             max_tap_fen=100_000,
             max_late_ms=7 * 86_400_000,
@@ -112,6 +116,15 @@ class Ledger:
         self._transfer_discount_fen = transfer_discount_fen
         self._liability_window_ms = liability_window_ms
         self._concession_bp = (0, *concession_bp)  # indexed by CardType
+
+    def set_min_boarding_balance(self, min_boarding_balance_fen: int) -> None:
+        """Cards charged below this are reported by take_low_balance_crossings()."""
+        self._min_boarding_balance_fen = min_boarding_balance_fen
+
+    def take_low_balance_crossings(self) -> list[int]:
+        """Card ids whose balance fell below the boarding minimum through a tap, in order."""
+        crossings, self._crossings = self._crossings, []
+        return crossings
 
     def set_terminal(self, terminal_id: int, terminal_class: int, party_index: int) -> None:
         assert terminal_class in (1, 2, 3)
@@ -174,6 +187,17 @@ class Ledger:
     def tap_record_count(self) -> int:
         return len(self._taps)
 
+    def card_taps(self, card_id: int, limit: int) -> list[tuple[int, ...]]:
+        """The card's newest ``limit`` tap records, newest first: (journal_seq, terminal_id,
+        terminal_seq, list_amount_fen, occurred_at_ms, status, charged_to, charged_fen,
+        balance_after_fen)."""
+        keys = self._card_taps.get(card_id, [])[::-1][:limit]
+        out = []
+        for key in keys:
+            _, amount, occurred, _, status, charged_to, charged, balance, jseq = self._taps[key]
+            out.append((jseq, *key, amount, occurred, status, charged_to, charged, balance))
+        return out
+
     # Taps ---------------------------------------------------------------
 
     @staticmethod
@@ -211,11 +235,14 @@ class Ledger:
         seen = self._taps.get(key)
         if seen is not None:
             return self._repeat(seen, card_id, amount, occurred, route, journal_seq)
+        # Rate first: a tap that raises (overflow) must leave nothing of itself behind.
+        status, charged_to, charged = self._rate(terminal, card_id, amount, occurred, route, now_ms)
         terminal[2] = max(terminal[2], seq)
         terminal[3] += 1
-        status, charged_to, charged = self._rate(terminal, card_id, amount, occurred, route, now_ms)
         card = self._cards.get(card_id)
         balance_after = card.balance_fen if card is not None else 0
+        if card is not None:
+            self._card_taps.setdefault(card_id, []).append(key)
         self._taps[key] = (
             card_id,
             amount,
@@ -269,7 +296,7 @@ class Ledger:
         if card is None:
             return TapStatus.UNKNOWN_CARD, ChargedTo.CHARGED_TO_NONE, 0
         if terminal_class == TerminalClass.VALIDATOR:
-            return self._ride(card, amount, occurred, route)
+            return self._ride(card_id, card, amount, occurred, route)
         if card.state != CardState.ACTIVE:
             return TapStatus.CARD_BLOCKED, ChargedTo.CHARGED_TO_NONE, 0
         if terminal_class == TerminalClass.POS:
@@ -278,24 +305,36 @@ class Ledger:
             charged = amount
         if charged > card.balance_fen:
             return TapStatus.INSUFFICIENT_FUNDS, ChargedTo.CHARGED_TO_NONE, 0
-        card.balance_fen = _checked(card.balance_fen - charged)
+        self._charge(card_id, card, charged)
         return TapStatus.OK, ChargedTo.CARD, charged
 
-    def _ride(self, card: _Card, amount: int, occurred: int, route: int) -> tuple[int, int, int]:
+    def _charge(self, card_id: int, card: _Card, charged: int) -> None:
+        before = card.balance_fen
+        card.balance_fen = _checked(before - charged)
+        floor = self._min_boarding_balance_fen
+        if before >= floor > card.balance_fen:
+            self._crossings.append(card_id)
+
+    def _ride(
+        self, card_id: int, card: _Card, amount: int, occurred: int, route: int
+    ) -> tuple[int, int, int]:
         """A validator records a ride that happened: always OK (SPEC §5 rule 8)."""
         charged = half_up(amount, self._concession_bp[card.card_type])
         if card.has_last_ride and card.last_route_id != route:
             gap_ms = _checked(occurred - card.last_occurred_at_ms)
             if 0 <= gap_ms <= self._transfer_window_ms:
-                charged = max(0, charged - self._transfer_discount_fen)
+                charged = max(0, _checked(charged - self._transfer_discount_fen))
+        to_card = card.state == CardState.ACTIVE or (
+            card.state == CardState.LOST
+            and occurred < _checked(card.blocked_at_ms + self._liability_window_ms)
+        )
+        if to_card:
+            _checked(card.balance_fen - charged)  # raise before anything changes
         card.has_last_ride = True
         card.last_route_id = route
         card.last_occurred_at_ms = occurred
-        if card.state == CardState.ACTIVE or (
-            card.state == CardState.LOST
-            and occurred < _checked(card.blocked_at_ms + self._liability_window_ms)
-        ):
-            card.balance_fen = _checked(card.balance_fen - charged)
+        if to_card:
+            self._charge(card_id, card, charged)
             return TapStatus.OK, ChargedTo.CARD, charged
         return TapStatus.OK, ChargedTo.ISSUER_LOSS, charged
 
@@ -323,11 +362,19 @@ class Ledger:
             cid: tuple(getattr(c, name) for name in _Card.__slots__)
             for cid, c in self._cards.items()
         }
-        state = (cards, self._taps, self._terminals, self._rules)
+        state = (
+            cards,
+            self._taps,
+            self._terminals,
+            self._rules,
+            self._card_taps,
+            self._min_boarding_balance_fen,
+        )
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, blob: bytes) -> None:
-        cards, self._taps, self._terminals, self._rules = pickle.loads(blob)
+        cards, self._taps, self._terminals, self._rules, self._card_taps, floor = pickle.loads(blob)
+        self._min_boarding_balance_fen = floor
         self._cards = {}
         for cid, fields in cards.items():
             c = _Card(0, 0)
