@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from clearing.cardbook import CardBook
 from clearing.codes import CardOpStatus, CardState, CardType
+from clearing.limits import MS_PER_SECOND
 from clearing.registry import Registry
 
 
@@ -40,7 +42,7 @@ def _state_name(state: int) -> str:
     return CardState(state).name
 
 
-def issue_card(ledger, registry: Registry, req: CardRequest) -> Outcome:
+def issue_card(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
     card_type, deposit_fen = req.args
     if deposit_fen < 0 or deposit_fen > registry.limit("max_topup_fen"):
         return Outcome(CardOpStatus.INVALID_AMOUNT, 0, "deposit_fen must be in 0..max_topup_fen")
@@ -49,7 +51,7 @@ def issue_card(ledger, registry: Registry, req: CardRequest) -> Outcome:
     return OK_OUTCOME
 
 
-def top_up(ledger, registry: Registry, req: CardRequest) -> Outcome:
+def top_up(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
     (amount_fen,) = req.args
     card = ledger.card(req.card_id)
     if card is None:
@@ -70,7 +72,7 @@ def top_up(ledger, registry: Registry, req: CardRequest) -> Outcome:
     return Outcome(CardOpStatus.OK, amount_fen, "")
 
 
-def report_loss(ledger, registry: Registry, req: CardRequest) -> Outcome:
+def report_loss(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
     card = ledger.card(req.card_id)
     if card is None:
         return _unknown(req.card_id)
@@ -80,14 +82,12 @@ def report_loss(ledger, registry: Registry, req: CardRequest) -> Outcome:
     return OK_OUTCOME
 
 
-def cancel_loss(ledger, registry: Registry, req: CardRequest) -> Outcome:
+def cancel_loss(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
     card = ledger.card(req.card_id)
     if card is None:
         return _unknown(req.card_id)
-    if card[0] == CardState.REPLACED:
-        return Outcome(
-            CardOpStatus.CARD_ALREADY_REPLACED, 0, f"card {masked(req.card_id)} was replaced"
-        )
+    if req.card_id in book.replacements:
+        return _replaced(req.card_id)
     if card[0] != CardState.LOST:
         return Outcome(
             CardOpStatus.CARD_NOT_LOST,
@@ -98,13 +98,43 @@ def cancel_loss(ledger, registry: Registry, req: CardRequest) -> Outcome:
     return OK_OUTCOME
 
 
-def close_card(ledger, registry: Registry, req: CardRequest) -> Outcome:
+def replace_card(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
+    """A new ACTIVE card now; the old balance follows once the hold has passed."""
+    (new_card_id,) = req.args
+    card = ledger.card(req.card_id)
+    if card is None:
+        return _unknown(req.card_id)
+    if req.card_id in book.replacements:
+        return _replaced(req.card_id)
+    state, card_type, _, deposit_fen, blocked_at_ms = card
+    if state != CardState.LOST:
+        return Outcome(
+            CardOpStatus.CARD_NOT_LOST,
+            0,
+            f"card {masked(req.card_id)} is {_state_name(state)}: report it lost first",
+        )
+    # The deposit travels with the citizen: the new card carries it, no cash changes hands.
+    if not ledger.issue_card(new_card_id, card_type, deposit_fen):
+        return Outcome(CardOpStatus.CARD_EXISTS, 0, f"card {masked(new_card_id)} already exists")
+    hold_ms = registry.rule("transfer_hold_s") * MS_PER_SECOND
+    book.replace(req.card_id, new_card_id, blocked_at_ms + hold_ms)
+    return OK_OUTCOME
+
+
+def close_card(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
     card = ledger.card(req.card_id)
     if card is None:
         return _unknown(req.card_id)
     state, _, balance_fen, deposit_fen, _ = card
     if state != CardState.ACTIVE:
         return _not_active(req.card_id, state)
+    old = book.replaced.get(req.card_id)
+    if old is not None and old in book.pending:
+        return Outcome(
+            CardOpStatus.TRANSFER_PENDING,
+            0,
+            f"the balance of card {masked(old)} has not moved to this card yet",
+        )
     if balance_fen < 0:
         return Outcome(
             CardOpStatus.NEGATIVE_BALANCE,
@@ -114,6 +144,10 @@ def close_card(ledger, registry: Registry, req: CardRequest) -> Outcome:
     ledger.adjust_balance(req.card_id, -balance_fen)
     ledger.set_card_state(req.card_id, CardState.CLOSED, req.now_ms)
     return Outcome(CardOpStatus.OK, balance_fen + deposit_fen, "")
+
+
+def _replaced(card_id: int) -> Outcome:
+    return Outcome(CardOpStatus.CARD_ALREADY_REPLACED, 0, f"card {masked(card_id)} was replaced")
 
 
 def _unknown(card_id: int) -> Outcome:
@@ -128,7 +162,7 @@ def _not_active(card_id: int, state: int) -> Outcome:
     )
 
 
-Operation = Callable[[object, Registry, CardRequest], Outcome]
+Operation = Callable[[object, Registry, CardBook, CardRequest], Outcome]
 
 # method -> (operation, number of args); the journaled method names are these.
 OPERATIONS: dict[str, tuple[Operation, int]] = {
@@ -136,6 +170,7 @@ OPERATIONS: dict[str, tuple[Operation, int]] = {
     "TopUp": (top_up, 1),
     "ReportLoss": (report_loss, 0),
     "CancelLoss": (cancel_loss, 0),
+    "ReplaceCard": (replace_card, 1),
     "CloseCard": (close_card, 0),
 }
 

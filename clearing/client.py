@@ -8,7 +8,14 @@ import grpc
 
 from clearing.limits import GRPC_MESSAGE_BYTES_MAX, RESULT_STRUCT, TAP_STRUCT
 from clearing.server.taps import batch_mac
-from clearing.v1 import admin_pb2_grpc, cards_pb2, cards_pb2_grpc, taps_pb2, taps_pb2_grpc
+from clearing.v1 import (
+    admin_pb2_grpc,
+    cards_pb2,
+    cards_pb2_grpc,
+    denylist_pb2_grpc,
+    taps_pb2,
+    taps_pb2_grpc,
+)
 
 # (card_id, terminal_seq, list_amount_fen, occurred_at_ms, route_id)
 TapTuple = tuple[int, int, int, int, int]
@@ -73,6 +80,7 @@ class Stubs:
         self.taps = taps_pb2_grpc.TapServiceStub(chan)
         self.cards = cards_pb2_grpc.CardServiceStub(chan)
         self.admin = admin_pb2_grpc.AdminServiceStub(chan)
+        self.deny = denylist_pb2_grpc.DenyListServiceStub(chan)
 
 
 async def top_up(stubs: Stubs, token: str, request_id: str, card_id: int, amount_fen: int):

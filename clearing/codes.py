@@ -85,3 +85,4 @@ class CardOpStatus(enum.IntEnum):
     INVALID_AMOUNT = 8
     BALANCE_LIMIT = 9
     NEGATIVE_BALANCE = 10
+    TRANSFER_PENDING = 11

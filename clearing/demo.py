@@ -32,6 +32,8 @@ from clearing.errors import ClearingError
 from clearing.v1 import cards_pb2
 
 console = Console()
+if not console.is_terminal:  # logs and CI: wide enough for the outcome table
+    console = Console(width=120)
 FIRST = SeedSettings().first_card_id
 HALL = city.principal_token("hall-1")
 AGENT = city.principal_token("agent-07")

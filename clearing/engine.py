@@ -14,8 +14,9 @@ from typing import NamedTuple
 import msgspec
 
 from clearing import cards
+from clearing.cardbook import CardBook, CardBookState
 from clearing.cards import CardRequest, Outcome
-from clearing.codes import CardOpStatus, CardType
+from clearing.codes import CardOpStatus, CardState, CardType
 from clearing.core import Ledger
 from clearing.entries import (
     Body,
@@ -28,6 +29,7 @@ from clearing.entries import (
     SeedEntry,
     TapBatchEntry,
     TerminalEntry,
+    TransferEntry,
 )
 from clearing.errors import JournalCorrupt, RequestRejected
 from clearing.journal import Checkpoint
@@ -65,12 +67,14 @@ class EngineState(msgspec.Struct, array_like=True):
     last_accepted_ms: int
     registry_entries: list[tuple[int, Body]]
     answers: dict[str, CardAnswer]
+    book: CardBookState
 
 
 class Engine:
     def __init__(self, ledger_class: type = Ledger) -> None:
         self.ledger = ledger_class()
         self.registry = Registry()
+        self.book = CardBook()
         self.answers: dict[str, CardAnswer] = {}
         self.last_seq = 0
         self.last_accepted_ms = 0
@@ -129,6 +133,15 @@ class Engine:
         )
         return Envelope(seq, accepted, b"", body), self.answers[request_id]
 
+    def transfer(self, old_card_id: int, now_ms: int) -> Envelope:
+        """Move a replaced card's balance to its new card (the hold has passed)."""
+        seq, accepted = self._next(now_ms)
+        new_card_id = self.book.replacements[old_card_id].new_card_id
+        amount = self.ledger.card(old_card_id)[2]
+        body = TransferEntry(old_card_id, new_card_id, amount)
+        self._run(seq, accepted, body)
+        return Envelope(seq, accepted, b"", body)
+
     def admin(self, body: Body, now_ms: int) -> Envelope:
         """A registry change (party, terminal, rule, concession, config, seed)."""
         seq, accepted = self._next(now_ms)
@@ -159,10 +172,16 @@ class Engine:
                 raise JournalCorrupt(seq, f"tap batch from unknown terminal {body.terminal_id}")
             self._advance(seq, accepted_at_ms)
             self.taps_since_checkpoint += len(body.packed_taps) // TAP_BYTES
-            return self.ledger.apply_batch(body.terminal_id, body.packed_taps, accepted_at_ms, seq)
+            ledger = self.ledger
+            results = ledger.apply_batch(body.terminal_id, body.packed_taps, accepted_at_ms, seq)
+            for card_id in ledger.take_low_balance_crossings():
+                self.book.relist(ledger, card_id)
+            return results
         self._advance(seq, accepted_at_ms)
         if isinstance(body, CardOpEntry):
             return self._card_op(seq, accepted_at_ms, body)
+        if isinstance(body, TransferEntry):
+            return self._transfer(seq, body)
         self._apply_registry(seq, body)
         if not isinstance(body, SeedEntry):  # seeded cards live in the ledger's snapshot
             self._registry_entries.append((seq, body))
@@ -171,7 +190,13 @@ class Engine:
     def _card_op(self, seq: int, accepted_at_ms: int, body: CardOpEntry) -> Outcome:
         operation, _ = cards.OPERATIONS[body.method]
         req = CardRequest(body.method, body.card_id, tuple(body.args), body.channel, accepted_at_ms)
-        outcome = operation(self.ledger, self.registry, req)
+        outcome = operation(self.ledger, self.registry, self.book, req)
+        touched = [req.card_id]
+        if req.method == "ReplaceCard" and outcome.status == CardOpStatus.OK:
+            touched.append(req.args[0])
+        for card_id in touched:
+            self.book.note_op(card_id, seq)
+            self.book.relist(self.ledger, card_id)
         self.answers[body.request_id] = CardAnswer(
             (req.method, req.channel, req.card_id, req.args),
             int(outcome.status),
@@ -183,10 +208,30 @@ class Engine:
         )
         return outcome
 
+    def _transfer(self, seq: int, body: TransferEntry) -> None:
+        ledger, book = self.ledger, self.book
+        if (
+            book.replacements.get(body.old_card_id, None) is None
+            or body.old_card_id not in book.pending
+        ):
+            raise JournalCorrupt(seq, f"transfer from card {body.old_card_id}, which awaits none")
+        if ledger.card(body.old_card_id)[2] != body.amount_fen:
+            raise JournalCorrupt(seq, "transfer amount differs from the old card's balance")
+        ledger.adjust_balance(body.old_card_id, -body.amount_fen)
+        ledger.adjust_balance(body.new_card_id, body.amount_fen)
+        blocked_at_ms = ledger.card(body.old_card_id)[4]
+        ledger.set_card_state(body.old_card_id, CardState.REPLACED, blocked_at_ms)
+        book.transferred(body.old_card_id)
+        for card_id in (body.old_card_id, body.new_card_id):
+            book.note_op(card_id, seq)
+            book.relist(ledger, card_id)
+
     def _apply_registry(self, seq: int, body: Body) -> None:
         reg, ledger = self.registry, self.ledger
         if isinstance(body, ConfigEntry):
             reg.apply_config(ledger, body, seq)
+            self.book.min_boarding_balance_fen = reg.limit("min_boarding_balance_fen")
+            ledger.set_min_boarding_balance(self.book.min_boarding_balance_fen)
         elif isinstance(body, PartyEntry):
             reg.apply_party(ledger, body.party)
         elif isinstance(body, TerminalEntry):
@@ -215,7 +260,13 @@ class Engine:
         seq, implementation = self.last_seq, self.ledger.implementation
         ledger_blob = self.ledger.snapshot()
         engine_blob = msgspec.msgpack.encode(
-            EngineState(self.last_seq, self.last_accepted_ms, self._registry_entries, self.answers)
+            EngineState(
+                self.last_seq,
+                self.last_accepted_ms,
+                self._registry_entries,
+                self.answers,
+                self.book.state(),
+            )
         )
         self.taps_since_checkpoint = 0
 
@@ -234,6 +285,7 @@ class Engine:
         self.ledger.restore(cp.ledger)  # after the registry: its state wins
         self._registry_entries = list(state.registry_entries)
         self.answers = state.answers
+        self.book.restore(state.book)
         self.last_seq, self.last_accepted_ms = state.last_seq, state.last_accepted_ms
         return True
 

@@ -31,6 +31,14 @@ class CardOpEntry(msgspec.Struct, tag="card", array_like=True, frozen=True):
     amount_fen: int  # top-up amount, or cash paid out on close
 
 
+class TransferEntry(msgspec.Struct, tag="transfer", array_like=True, frozen=True):
+    """A replaced card's balance moving to its new card once the hold has passed."""
+
+    old_card_id: int
+    new_card_id: int
+    amount_fen: int  # the old card's whole balance, negative too
+
+
 class PartyRecord(msgspec.Struct, array_like=True, frozen=True):
     party_id: str
     role: str
@@ -96,6 +104,7 @@ class SeedEntry(msgspec.Struct, tag="seed", array_like=True, frozen=True):
 Body = (
     TapBatchEntry
     | CardOpEntry
+    | TransferEntry
     | ConfigEntry
     | PartyEntry
     | TerminalEntry

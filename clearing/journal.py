@@ -193,6 +193,12 @@ class Journal:
         if head[8:] != last_hash:
             raise JournalCorrupt(last_seq, "last entry does not match the recorded head hash")
 
+    def accepted_at_ms(self, seq: int) -> int:
+        """When entry ``seq`` was accepted, without decoding its body."""
+        with self._env.begin(db=self._entries, buffers=True) as txn:
+            value = txn.get(_SEQ.pack(seq))
+            return _head_decoder.decode(value).accepted_at_ms
+
     def latest_checkpoint(self) -> Checkpoint | None:
         with self._env.begin(db=self._checkpoints) as txn:
             cursor = txn.cursor()

@@ -65,3 +65,9 @@ GAP_RANGES_MAX = 100  # GetTerminalStatus lists this many gap ranges, then says 
 
 STREAM_BATCHES_IN_FLIGHT_MAX = 64  # per stream: applied but not yet acknowledged
 GRACE_SECONDS = 10.0  # shutdown: calls in flight get this long to finish
+
+# Deny list ---------------------------------------------------------------------------
+
+DENY_LIST_CHANGES_KEPT = 100_000  # a validator further behind than this gets the full list
+DENY_LIST_WATCH_QUEUE_MAX = 1_024  # a watcher that lags this far is cut off, then resyncs
+TRANSFER_CHECK_SECONDS = 1.0  # how often the server looks for replacement transfers due

@@ -18,11 +18,12 @@ from clearing.cards import CardRequest
 from clearing.clock import ManualClock, SystemClock
 from clearing.codes import CardOpStatus
 from clearing.config import Config, token_digest
+from clearing.denylist import Change
 from clearing.engine import CardAnswer, Engine
 from clearing.entries import Body, Envelope, SeedEntry
-from clearing.errors import JournalCorrupt, RequestRejected, StorageError
+from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, StorageError
 from clearing.journal import Journal
-from clearing.limits import CHECKPOINT_EVERY_TAPS, GAP_RANGES_MAX
+from clearing.limits import CHECKPOINT_EVERY_TAPS, GAP_RANGES_MAX, TRANSFER_CHECK_SECONDS
 from clearing.registry import config_entry
 
 log = structlog.get_logger("clearing.service")
@@ -81,6 +82,10 @@ class Service:
         }
         self.serving = False
         self.replayed = 0  # entries replayed at the last start (after the checkpoint)
+        self._ticker: asyncio.Task | None = None
+        self.fault: str | None = None  # set when the engine failed mid-write
+        self._deny_durable_version = 0  # deny-list version whose entries are all durable
+        self._deny_changed = asyncio.Event()  # set (and replaced) when that version moves
 
     # Start-up ---------------------------------------------------------------------------------
 
@@ -111,10 +116,22 @@ class Service:
     async def start(self) -> None:
         self.journal.start_writer(asyncio.get_running_loop())
         self.serving = True
+        self._deny_durable_version = self.engine.book.deny.version
+        self.settle_due_transfers()  # holds that ended while the server was down
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        """Time alone makes transfers fall due: look once a second."""
+        while self.serving:
+            await asyncio.sleep(TRANSFER_CHECK_SECONDS)
+            if self.serving and self.journal.failure is None:
+                self.settle_due_transfers()
 
     async def stop(self) -> None:
         """Commit what is queued, checkpoint, close LMDB."""
         self.serving = False
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self.journal.failure is None:
             await self.journal.wait_durable()
             if self.engine.taps_since_checkpoint:
@@ -134,18 +151,56 @@ class Service:
 
     # Writes ---------------------------------------------------------------
 
+    def _apply(self, method, *args):
+        """Run one engine write. Anything but a clean refusal may have left the
+        in-memory state half-changed: stop acknowledging until a restart replays
+        the journal (which never saw the failed entry)."""
+        try:
+            return method(*args)
+        except ClearingError:
+            raise  # refused before anything changed
+        except Exception as exc:
+            self.fault = f"engine fault after entry {self.engine.last_seq}: {exc!r}; restart"
+            log.error("engine fault: no more work is acknowledged", reason=self.fault)
+            raise StorageError(self.fault) from exc
+
     def _check_serving(self) -> None:
+        """Every write starts here: refuse when not serving, then run due transfers."""
+        if self.fault is not None:
+            raise StorageError(self.fault)
         if self.journal.failure is not None:
             raise StorageError(self.journal.failure)
         if not self.serving:
             raise RequestRejected("UNAVAILABLE", "the server is not serving (starting or stopping)")
+        if self.engine.book.pending:
+            self.settle_due_transfers()
 
-    async def _commit(self, env: Envelope) -> Envelope:
-        """Queue an applied entry and wait until it is durable."""
-        future = self.journal.append(env.seq, env.accepted_at_ms, env.body)
+    def settle_due_transfers(self) -> None:
+        """Journal every replacement transfer whose hold has passed, before anything later."""
+        for old_card_id, _ in self.engine.book.due_transfers(self.clock.now_ms()):
+            env = self._apply(self.engine.transfer, old_card_id, self.clock.now_ms())
+            self._append(env).add_done_callback(_ignore_result)
+
+    def _append(self, env: Envelope) -> asyncio.Future[Envelope]:
+        """Queue an entry just applied, so the journal keeps the engine's order.
+
+        Called synchronously right after the engine applied ``env``; the
+        returned future completes once the entry is durable.
+        """
+        deny_version = self.engine.book.deny.version  # as of this entry
+        committed = self.journal.append(env.seq, env.accepted_at_ms, env.body)
         if self.engine.taps_since_checkpoint >= CHECKPOINT_EVERY_TAPS:
             self.journal.append_checkpoint(self.engine.checkpoint_builder())
-        await future
+        return asyncio.ensure_future(self._durable(env, committed, deny_version))
+
+    async def _durable(
+        self, env: Envelope, committed: asyncio.Future, deny_version: int
+    ) -> Envelope:
+        await committed
+        if deny_version > self._deny_durable_version:
+            self._deny_durable_version = deny_version
+            self._deny_changed.set()
+            self._deny_changed = asyncio.Event()
         return env
 
     def submit_taps_nowait(
@@ -156,8 +211,8 @@ class Service:
         Streams use this to keep several batches in flight, in order.
         """
         self._check_serving()
-        env = self.engine.tap_batch(terminal_id, packed_taps, self.clock.now_ms())
-        return env, asyncio.ensure_future(self._commit(env))
+        env = self._apply(self.engine.tap_batch, terminal_id, packed_taps, self.clock.now_ms())
+        return env, self._append(env)
 
     async def submit_taps(self, terminal_id: int, packed_taps: bytes) -> Envelope:
         _, done = self.submit_taps_nowait(terminal_id, packed_taps)
@@ -169,19 +224,51 @@ class Service:
         """(answer, duplicate): a repeat of request_id answers from memory."""
         self._check_serving()
         req = CardRequest(method, card_id, args, channel, self.clock.now_ms())
-        env, answer = self.engine.card_op(request_id, req)
+        env, answer = self._apply(self.engine.card_op, request_id, req)
         if env is None:
             await self.journal.wait_durable()  # the original answer must be durable too
             return answer, answer.status != CardOpStatus.ID_CONFLICT  # a conflict is no repeat
-        await self._commit(env)
+        await self._append(env)
         return answer, False
 
     async def admin(self, body: Body) -> Envelope:
         self._check_serving()
-        return await self._commit(self.engine.admin(body, self.clock.now_ms()))
+        return await self._append(self._apply(self.engine.admin, body, self.clock.now_ms()))
 
     def deny_list_version(self) -> int:
-        return 0  # the deny list arrives with the card lifecycle (issue 3)
+        return self._deny_durable_version
+
+    async def deny_list(self, since_version: int) -> tuple[int, list[Change] | None]:
+        """(version, ordered changes since ``since_version``), or None for "take the full list"."""
+        await self.durable()
+        deny = self.engine.book.deny
+        return deny.version, deny.delta_since(since_version)
+
+    def deny_list_entries(self) -> list[tuple[int, str]]:
+        return sorted(self.engine.book.deny.listed.items())
+
+    async def deny_list_changes_after(self, version: int) -> list[Change] | None:
+        """Wait until the durable version passes ``version``; the changes up to it."""
+        while self._deny_durable_version <= version:
+            if not self.serving:
+                raise RequestRejected("UNAVAILABLE", "the server is stopping")
+            changed = self._deny_changed
+            try:
+                await asyncio.wait_for(changed.wait(), TRANSFER_CHECK_SECONDS)
+            except TimeoutError:
+                continue
+        changes = self.engine.book.deny.delta_since(version)
+        if changes is None:
+            return None
+        return [c for c in changes if c.version <= self._deny_durable_version]
+
+    async def card_history(self, card_id: int, limit: int) -> list[tuple[int, str, object]]:
+        """The card's newest journal entries, newest first: (seq, kind, detail)."""
+        await self.durable()
+        taps = [(t[0], "TAP", t) for t in self.engine.ledger.card_taps(card_id, limit)]
+        seqs = self.engine.book.op_seqs.get(card_id, [])[-limit:]
+        ops = [(seq, "OP", self.journal.get(seq)) for seq in seqs]
+        return sorted(taps + ops, key=lambda item: item[0], reverse=True)[:limit]
 
     # Reads ---------------------------------------------------------------
 
@@ -212,6 +299,12 @@ class Service:
             gaps[:GAP_RANGES_MAX],
             len(gaps) > GAP_RANGES_MAX,
         )
+
+
+def _ignore_result(future: asyncio.Future) -> None:
+    """A background commit's failure is sticky in the journal; nothing to do here."""
+    if not future.cancelled():
+        future.exception()
 
 
 def gap_ranges(seqs: list[int], most: int) -> list[tuple[int, int]]:

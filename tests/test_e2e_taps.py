@@ -221,3 +221,21 @@ async def test_edges_of_int64_never_wrap(harness):
         TapStatus.IN_FUTURE,
     ]
     assert await h.balance(ADULT) == 5_000
+
+
+async def test_an_engine_fault_stops_all_acknowledgements(harness, monkeypatch):
+    h = harness
+    await _city_cards(h)
+
+    def overflowing(*args):
+        raise OverflowError("int64 overflow in money arithmetic")
+
+    monkeypatch.setattr(h.server.service.engine, "tap_batch", overflowing)
+    key, token = terminal_key(VALIDATOR), terminal_token(VALIDATOR)
+    batch = signed_batch(VALIDATOR, key, [(ADULT, 1, 200, NOW_MS, 11)])
+    details = await _refused(h.stubs.taps.SubmitTaps(batch, metadata=bearer(token)),
+                             grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+    assert "engine fault" in details
+    top_up = cards_pb2.TopUpRequest(request_id="after-fault", card_id=ADULT, amount_fen=1)
+    await _refused(h.stubs.cards.TopUp(top_up, metadata=bearer(TOKENS["hall"])),
+                   grpc.StatusCode.UNAVAILABLE)  # fmt: skip

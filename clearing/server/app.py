@@ -16,6 +16,7 @@ from clearing.limits import GRACE_SECONDS, GRPC_MESSAGE_BYTES_MAX
 from clearing.metrics import Metrics
 from clearing.server.admin import AdminServicer
 from clearing.server.cards import CardServicer
+from clearing.server.denylist import DenyListServicer
 from clearing.server.taps import TapServicer
 from clearing.service import Service
 from clearing.v1 import (
@@ -23,6 +24,8 @@ from clearing.v1 import (
     admin_pb2_grpc,
     cards_pb2,
     cards_pb2_grpc,
+    denylist_pb2,
+    denylist_pb2_grpc,
     taps_pb2,
     taps_pb2_grpc,
 )
@@ -33,6 +36,7 @@ SERVICE_NAMES = (
     taps_pb2.DESCRIPTOR.services_by_name["TapService"].full_name,
     cards_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    denylist_pb2.DESCRIPTOR.services_by_name["DenyListService"].full_name,
 )
 
 
@@ -68,6 +72,9 @@ class Server:
             CardServicer(self.service, self.metrics), self.grpc
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.service), self.grpc)
+        denylist_pb2_grpc.add_DenyListServiceServicer_to_server(
+            DenyListServicer(self.service), self.grpc
+        )
         if self.config.server.reflection:
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc

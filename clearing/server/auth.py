@@ -24,6 +24,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "CardService/CloseCard": frozenset({"HALL"}),
     "CardService/GetCard": frozenset({"HALL"}),
     "CardService/GetCardHistory": frozenset({"HALL"}),
+    "DenyListService/GetDenyList": frozenset({"TERMINAL", "HALL", "ADMIN"}),
+    "DenyListService/WatchDenyList": frozenset({"TERMINAL", "HALL", "ADMIN"}),
     **{
         f"AdminService/{method}": frozenset({"ADMIN"})
         for method in (

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from clearing.cardbook import CardBook
+from clearing.cards import masked
+from clearing.codes import CardOpStatus, ChargedTo, TapStatus
 from clearing.engine import CardAnswer
+from clearing.entries import CardOpEntry, TransferEntry
 from clearing.errors import RequestRejected
+from clearing.limits import CARD_HISTORY_ENTRIES_MAX
 from clearing.server.auth import rpc
 from clearing.service import Principal, Service
 from clearing.v1 import cards_pb2, cards_pb2_grpc
 
+CARD_HISTORY_ENTRIES_DEFAULT = 50
 
-def card_message(card_id: int, card: tuple[int, int, int, int, int] | None) -> cards_pb2.Card:
+
+def card_message(
+    card_id: int, card: tuple[int, int, int, int, int] | None, book: CardBook
+) -> cards_pb2.Card:
     if card is None:
         return cards_pb2.Card(card_id=card_id)
     state, card_type, balance_fen, deposit_fen, blocked_at_ms = card
-    return cards_pb2.Card(
+    message = cards_pb2.Card(
         card_id=card_id,
         card_type=card_type,
         state=state,
@@ -21,15 +30,21 @@ def card_message(card_id: int, card: tuple[int, int, int, int, int] | None) -> c
         deposit_fen=deposit_fen,
         blocked_at_ms=blocked_at_ms,
     )
+    replacement = book.replacements.get(card_id)
+    if replacement is not None:
+        message.replaced_by = replacement.new_card_id
+        if card_id in book.pending:
+            message.transfer_due_at_ms = replacement.due_at_ms
+    return message
 
 
 def card_reply(
-    request_id: str, card_id: int, answer: CardAnswer, duplicate: bool
+    request_id: str, card_id: int, answer: CardAnswer, duplicate: bool, book: CardBook
 ) -> cards_pb2.CardReply:
     return cards_pb2.CardReply(
         status=answer.status,
         message=answer.message,
-        card=card_message(card_id, answer.card),
+        card=card_message(card_id, answer.card, book),
         journal_seq=answer.journal_seq,
         accepted_at_ms=answer.accepted_at_ms,
         amount_fen=answer.amount_fen,
@@ -48,7 +63,8 @@ class CardServicer(cards_pb2_grpc.CardServiceServicer):
             request.request_id, method, principal.party, request.card_id, args
         )
         self.metrics.card_ops.labels(method, cards_pb2.CardReply.Status.Name(answer.status)).inc()
-        return card_reply(request.request_id, request.card_id, answer, duplicate)
+        book = self.service.engine.book
+        return card_reply(request.request_id, request.card_id, answer, duplicate, book)
 
     @rpc("CardService/IssueCard")
     async def IssueCard(self, request, context, principal):
@@ -74,15 +90,57 @@ class CardServicer(cards_pb2_grpc.CardServiceServicer):
 
     @rpc("CardService/ReplaceCard")
     async def ReplaceCard(self, request, context, principal):
-        raise RequestRejected("UNIMPLEMENTED", "ReplaceCard arrives with the card lifecycle")
+        return await self._op("ReplaceCard", request, principal, (request.new_card_id,))
 
     @rpc("CardService/GetCardHistory")
     async def GetCardHistory(self, request, context, principal):
-        raise RequestRejected("UNIMPLEMENTED", "GetCardHistory arrives with the card lifecycle")
+        limit = request.limit or CARD_HISTORY_ENTRIES_DEFAULT
+        if limit > CARD_HISTORY_ENTRIES_MAX:
+            raise RequestRejected(
+                "INVALID_ARGUMENT", f"limit must be at most {CARD_HISTORY_ENTRIES_MAX}"
+            )
+        if await self.service.get_card(request.card_id) is None:
+            raise RequestRejected("NOT_FOUND", f"no card {masked(request.card_id)}")
+        items = await self.service.card_history(request.card_id, limit)
+        return cards_pb2.CardHistory(
+            card_id=request.card_id,
+            entries=[self._history_entry(request.card_id, *item) for item in items],
+        )
+
+    def _history_entry(self, card_id: int, seq: int, kind: str, item) -> cards_pb2.CardHistoryEntry:
+        entry = cards_pb2.CardHistoryEntry(
+            journal_seq=seq, accepted_at_ms=self.service.journal.accepted_at_ms(seq)
+        )
+        if kind == "TAP":
+            _, terminal_id, terminal_seq, _, occurred, status, charged_to, charged, balance = item
+            entry.kind = "TAP"
+            entry.detail = (
+                f"terminal {terminal_id} seq {terminal_seq} at {occurred}: {TapStatus(status).name}"
+                + (" (hot-list loss)" if charged_to == ChargedTo.ISSUER_LOSS else "")
+            )
+            entry.amount_fen, entry.balance_after_fen = charged, balance
+            return entry
+        body = item.body
+        if isinstance(body, TransferEntry):
+            incoming = body.new_card_id == card_id
+            entry.kind = "TRANSFER"
+            entry.detail = f"balance of {masked(body.old_card_id)} to {masked(body.new_card_id)}"
+            entry.amount_fen = body.amount_fen if incoming else -body.amount_fen
+            return entry
+        assert isinstance(body, CardOpEntry)
+        entry.kind = body.method
+        entry.detail = CardOpStatus(body.status).name + (
+            f" at {body.channel}" if body.channel else ""
+        )
+        entry.amount_fen = body.amount_fen
+        answer = self.service.engine.answers.get(body.request_id)
+        if answer is not None and answer.card is not None and body.card_id == card_id:
+            entry.balance_after_fen = answer.card[2]
+        return entry
 
     @rpc("CardService/GetCard")
     async def GetCard(self, request, context, principal):
         card = await self.service.get_card(request.card_id)
         if card is None:
             raise RequestRejected("NOT_FOUND", f"no card {request.card_id}")
-        return card_message(request.card_id, card)
+        return card_message(request.card_id, card, self.service.engine.book)
