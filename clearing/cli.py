@@ -41,6 +41,9 @@ def serve(
     data_dir: DataDirOption = None,
     listen: Annotated[str | None, typer.Option(help="override [server] listen")] = None,
     metrics_listen: Annotated[str | None, typer.Option(help="override metrics_listen")] = None,
+    manual_clock: Annotated[
+        bool, typer.Option("--manual-clock", help="testing and demos only: enable SetClock")
+    ] = False,
 ) -> None:
     """Run the engine (with no --config: the built-in demo city in ./var)."""
     from clearing.server.app import run_server
@@ -51,6 +54,8 @@ def serve(
         cfg.server.listen = listen
     if metrics_listen:
         cfg.server.metrics_listen = metrics_listen
+    if manual_clock:
+        cfg.server.manual_clock = True
     try:
         asyncio.run(run_server(cfg))
     except ClearingError as exc:

@@ -27,6 +27,7 @@ from clearing import democity as city
 from clearing.client import Stubs, bearer, channel, signed_batch, top_up, unpack_results
 from clearing.codes import CardType, ChargedTo, TapStatus
 from clearing.config import SeedSettings
+from clearing.demo_lost import lost_card_story
 from clearing.engine import seed_card_type
 from clearing.errors import ClearingError
 from clearing.v1 import cards_pb2
@@ -50,7 +51,6 @@ def _card_of_type(card_type: CardType, skip: int = 0) -> int:
 ADULT, STUDENT, ELDERLY = (
     _card_of_type(t) for t in (CardType.ADULT, CardType.STUDENT, CardType.ELDERLY)
 )
-LOST_CARD = _card_of_type(CardType.ADULT, 1)
 VALIDATOR_1, VALIDATOR_2 = 10_001, 10_101  # op-bus-1 route 11, op-bus-2 route 21
 POS, BILLING = city.POS_ID_BASE + 1, city.BILLING_ID_BASE + 1
 
@@ -137,19 +137,6 @@ async def _story(stubs: Stubs) -> None:
         "bill larger than balance",
         (await bill.send([(STUDENT, bill.next_seq(), 9_000, now, 0)]))[0],
     )
-    await stubs.cards.ReportLoss(
-        cards_pb2.CardRequest(request_id="demo-loss-1", card_id=LOST_CARD), metadata=bearer(HALL)
-    )
-    _row(
-        table,
-        "POS on a card reported lost",
-        (await pos.send([(LOST_CARD, pos.next_seq(), 500, now, 0)]))[0],
-    )
-    _row(
-        table,
-        "bus ride on the lost card (offline validator)",
-        (await v1.send([(LOST_CARD, v1.next_seq(), 200, now, 11)]))[0],
-    )
     console.print(table)
     reply = await top_up(stubs, AGENT, "demo-topup-1", STUDENT, 2_000)
     console.print(
@@ -162,7 +149,7 @@ async def _balances(stubs: Stubs) -> None:
     table = Table(title="Cards after the story (opening balance 5000 fen)")
     for col in ("card", "type", "state", "balance_fen"):
         table.add_column(col)
-    for card_id in (ADULT, STUDENT, ELDERLY, LOST_CARD):
+    for card_id in (ADULT, STUDENT, ELDERLY):
         card = await stubs.cards.GetCard(
             cards_pb2.GetCardRequest(card_id=card_id), metadata=bearer(HALL)
         )
@@ -230,6 +217,7 @@ async def _play(target: str, server: subprocess.Popen) -> None:
         await _story(stubs)
         await _balances(stubs)
         await _burst(stubs)
+        await lost_card_story(stubs, Terminal, _row)  # last: it moves the clock a week on
 
 
 def run_demo(data_dir: str) -> None:
@@ -248,6 +236,7 @@ def run_demo(data_dir: str) -> None:
             target,
             "--metrics-listen",
             f"127.0.0.1:{_free_port()}",
+            "--manual-clock",  # so the demo can let a week pass for the replacement
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
