@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import subprocess
+import time
 from collections.abc import Iterable, Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clearing.errors import ClearingError
 from clearing.limits import GRPC_MESSAGE_BYTES_MAX, RESULT_STRUCT, TAP_STRUCT
 from clearing.server.taps import batch_mac
 from clearing.v1 import (
@@ -88,3 +94,28 @@ async def top_up(stubs: Stubs, token: str, request_id: str, card_id: int, amount
         cards_pb2.TopUpRequest(request_id=request_id, card_id=card_id, amount_fen=amount_fen),
         metadata=bearer(token),
     )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_serving(target: str, server: subprocess.Popen, seconds_max: float) -> None:
+    """Poll gRPC health until SERVING; ClearingError if the process exits or time runs out."""
+    deadline = time.monotonic() + seconds_max
+    async with grpc.aio.insecure_channel(target) as chan:
+        health = health_pb2_grpc.HealthStub(chan)
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise ClearingError(f"the server exited with {server.returncode} while starting")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet
+            await asyncio.sleep(0.05)
+    raise ClearingError(f"the server at {target} did not become SERVING in {seconds_max} s")

@@ -13,23 +13,28 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
 from clearing import democity as city
-from clearing.client import Stubs, bearer, channel, signed_batch, top_up, unpack_results
+from clearing.client import (
+    Stubs,
+    bearer,
+    channel,
+    free_port,
+    signed_batch,
+    top_up,
+    unpack_results,
+    wait_serving,
+)
 from clearing.codes import CardType, ChargedTo, TapStatus
 from clearing.config import SeedSettings
 from clearing.demo_lost import lost_card_story
 from clearing.engine import seed_card_type
-from clearing.errors import ClearingError
 from clearing.v1 import cards_pb2
 
 console = Console()
@@ -53,12 +58,6 @@ ADULT, STUDENT, ELDERLY = (
 )
 VALIDATOR_1, VALIDATOR_2 = 10_001, 10_101  # op-bus-1 route 11, op-bus-2 route 21
 POS, BILLING = city.POS_ID_BASE + 1, city.BILLING_ID_BASE + 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Terminal:
@@ -193,25 +192,8 @@ async def _burst(stubs: Stubs) -> None:
     )
 
 
-async def _wait_serving(target: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS_MAX
-    async with grpc.aio.insecure_channel(target) as chan:
-        stub = health_pb2_grpc.HealthStub(chan)
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise ClearingError(f"the server exited with {server.returncode} while starting")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise ClearingError("the server did not become SERVING in time")
-
-
 async def _play(target: str, server: subprocess.Popen) -> None:
-    await _wait_serving(target, server)
+    await wait_serving(target, server, SERVER_START_SECONDS_MAX)
     async with channel(target) as chan:
         stubs = Stubs(chan)
         await _story(stubs)
@@ -222,7 +204,7 @@ async def _play(target: str, server: subprocess.Popen) -> None:
 
 def run_demo(data_dir: str) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     console.print(f"[bold]Starting the engine on the demo city[/] ({target}, data in {data_dir}/)")
     server = subprocess.Popen(
         [
@@ -235,7 +217,7 @@ def run_demo(data_dir: str) -> None:
             "--listen",
             target,
             "--metrics-listen",
-            f"127.0.0.1:{_free_port()}",
+            f"127.0.0.1:{free_port()}",
             "--manual-clock",  # so the demo can let a week pass for the replacement
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
