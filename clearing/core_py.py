@@ -167,6 +167,10 @@ class Ledger:
         c.state = state
         c.blocked_at_ms = blocked_at_ms
 
+    def card_ids(self) -> list[int]:
+        """Every card id, in issue order (cold path: relisting after a rule change)."""
+        return list(self._cards)
+
     def card_count(self) -> int:
         return len(self._cards)
 

@@ -230,8 +230,7 @@ class Engine:
         reg, ledger = self.registry, self.ledger
         if isinstance(body, ConfigEntry):
             reg.apply_config(ledger, body, seq)
-            self.book.min_boarding_balance_fen = reg.limit("min_boarding_balance_fen")
-            ledger.set_min_boarding_balance(self.book.min_boarding_balance_fen)
+            self._set_boarding_floor(reg.limit("min_boarding_balance_fen"))
         elif isinstance(body, PartyEntry):
             reg.apply_party(ledger, body.party)
         elif isinstance(body, TerminalEntry):
@@ -245,13 +244,25 @@ class Engine:
         else:  # pragma: no cover - a new entry type without a case here
             raise AssertionError(f"entry {seq}: no handler for {type(body).__name__}")
 
+    def _set_boarding_floor(self, floor_fen: int) -> None:
+        """A new floor changes which cards are LOW_BALANCE: relist them all (rare, cold)."""
+        if floor_fen == self.book.min_boarding_balance_fen:
+            return
+        self.book.min_boarding_balance_fen = floor_fen
+        self.ledger.set_min_boarding_balance(floor_fen)
+        for card_id in self.ledger.card_ids():
+            self.book.relist(self.ledger, card_id)
+
     def _seed(self, body: SeedEntry) -> None:
         ledger = self.ledger
+        below_floor = body.opening_balance_fen < self.book.min_boarding_balance_fen
         for index in range(body.count):
             card_id = body.first_card_id + index
             ledger.issue_card(card_id, seed_card_type(index), 0)
             if body.opening_balance_fen:
                 ledger.adjust_balance(card_id, body.opening_balance_fen)
+            if below_floor:
+                self.book.relist(ledger, card_id)
 
     # Checkpoints ---------------------------------------------------------------
 

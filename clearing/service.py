@@ -86,6 +86,7 @@ class Service:
         self.fault: str | None = None  # set when the engine failed mid-write
         self._deny_durable_version = 0  # deny-list version whose entries are all durable
         self._deny_changed = asyncio.Event()  # set (and replaced) when that version moves
+        self._deny_full: tuple[int, list[tuple[int, str]]] = (-1, [])  # (version, sorted list)
 
     # Start-up ---------------------------------------------------------------------------------
 
@@ -238,14 +239,23 @@ class Service:
     def deny_list_version(self) -> int:
         return self._deny_durable_version
 
-    async def deny_list(self, since_version: int) -> tuple[int, list[Change] | None]:
-        """(version, ordered changes since ``since_version``), or None for "take the full list"."""
-        await self.durable()
-        deny = self.engine.book.deny
-        return deny.version, deny.delta_since(since_version)
+    async def deny_list(
+        self, since_version: int
+    ) -> tuple[int, list[Change] | None, list[tuple[int, str]] | None]:
+        """(version, changes since ``since_version`` or None, full list when changes are None).
 
-    def deny_list_entries(self) -> list[tuple[int, str]]:
-        return sorted(self.engine.book.deny.listed.items())
+        All three are read at one instant, then the read waits until they are durable.
+        """
+        deny = self.engine.book.deny
+        version, changes = deny.version, deny.delta_since(since_version)
+        entries = None if changes is not None else self._deny_entries(version)
+        await self.durable()
+        return version, changes, entries
+
+    def _deny_entries(self, version: int) -> list[tuple[int, str]]:
+        if self._deny_full[0] != version:  # sorting 200,000 cards is worth caching
+            self._deny_full = (version, sorted(self.engine.book.deny.listed.items()))
+        return self._deny_full[1]
 
     async def deny_list_changes_after(self, version: int) -> list[Change] | None:
         """Wait until the durable version passes ``version``; the changes up to it."""
@@ -264,31 +274,35 @@ class Service:
 
     async def card_history(self, card_id: int, limit: int) -> list[tuple[int, str, object]]:
         """The card's newest journal entries, newest first: (seq, kind, detail)."""
-        await self.durable()
         taps = [(t[0], "TAP", t) for t in self.engine.ledger.card_taps(card_id, limit)]
         seqs = self.engine.book.op_seqs.get(card_id, [])[-limit:]
+        await self.durable()  # now every seq above is in the journal
         ops = [(seq, "OP", self.journal.get(seq)) for seq in seqs]
         return sorted(taps + ops, key=lambda item: item[0], reverse=True)[:limit]
 
     # Reads ---------------------------------------------------------------
 
     async def durable(self) -> None:
-        """Reads wait for what they see to be durable: no answer from thin air."""
+        """Reads look first, then wait here until what they saw is durable.
+
+        (Looking after the wait would see entries applied meanwhile, not yet durable.)
+        """
         if self.journal.failure is not None:
             raise StorageError(self.journal.failure)
         await self.journal.wait_durable()
 
     async def get_card(self, card_id: int) -> tuple[int, int, int, int, int] | None:
+        card = self.engine.ledger.card(card_id)
         await self.durable()
-        return self.engine.ledger.card(card_id)
+        return card
 
     async def terminal_status(self, terminal_id: int) -> TerminalStatus | None:
-        await self.durable()
         terminal = self.engine.registry.terminals.get(terminal_id)
         if terminal is None:
             return None
         last_seq, received = self.engine.ledger.terminal_status(terminal_id)
         gaps = gap_ranges(self.engine.ledger.terminal_seqs(terminal_id), GAP_RANGES_MAX + 1)
+        await self.durable()
         return TerminalStatus(
             terminal_id,
             terminal.terminal_class,

@@ -232,3 +232,14 @@ async def test_deny_list_deltas_and_the_full_list(harness):
         (OLD, True, Reason.LOW_BALANCE)
     ]
     watch.cancel()
+
+
+async def test_a_new_boarding_floor_relists_every_card(harness):
+    h = harness
+    await h.issue(OLD, balance_fen=50)
+    await h.issue(NEW, balance_fen=500)
+    assert h.server.service.engine.book.deny.listed == {}
+    h.config.limits.min_boarding_balance_fen = 100  # the operator raises the floor
+    await h.restart()  # the changed configuration is journaled and applied
+    full = await h.stubs.deny.GetDenyList(denylist_pb2.GetDenyListRequest(), metadata=HALL)
+    assert full.packed_full_list == OLD.to_bytes(8, "big") + bytes([Reason.LOW_BALANCE])

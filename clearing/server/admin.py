@@ -79,8 +79,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc("AdminService/ListParties")
     async def ListParties(self, request, context, principal):
-        await self.service.durable()
-        return admin_pb2.PartyList(
+        reply = admin_pb2.PartyList(
             parties=[
                 admin_pb2.Party(
                     party_id=p.party_id,
@@ -94,6 +93,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for p in self._registry.parties.values()
             ]
         )
+        await self.service.durable()  # after looking: what was seen is durable
+        return reply
 
     @rpc("AdminService/UpsertTerminal")
     async def UpsertTerminal(self, request, context, principal):
@@ -124,8 +125,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc("AdminService/ListTerminals")
     async def ListTerminals(self, request, context, principal):
-        await self.service.durable()
-        return admin_pb2.TerminalList(
+        reply = admin_pb2.TerminalList(
             terminals=[
                 admin_pb2.Terminal(
                     terminal_id=t.terminal_id,
@@ -135,6 +135,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for t in self._registry.terminals.values()
             ]
         )
+        await self.service.durable()  # after looking: what was seen is durable
+        return reply
 
     @rpc("AdminService/AddMerchantRule")
     async def AddMerchantRule(self, request, context, principal):
@@ -150,14 +152,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc("AdminService/ListMerchantRules")
     async def ListMerchantRules(self, request, context, principal):
-        await self.service.durable()
-        return admin_pb2.MerchantRuleList(
+        reply = admin_pb2.MerchantRuleList(
             rules=[
                 admin_pb2.MerchantRule(party_id=pid, effective_from_ms=ms, discount_bp=bp)
                 for pid, versions in sorted(self._registry.rules.items())
                 for ms, bp in sorted(versions.items())
             ]
         )
+        await self.service.durable()  # after looking: what was seen is durable
+        return reply
 
     @rpc("AdminService/SetConcession")
     async def SetConcession(self, request, context, principal):
@@ -170,14 +173,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc("AdminService/ListConcessions")
     async def ListConcessions(self, request, context, principal):
-        await self.service.durable()
         settings = self._registry.settings
-        return admin_pb2.ConcessionList(
+        reply = admin_pb2.ConcessionList(
             concessions=[
                 admin_pb2.Concession(card_type=name, concession_bp=settings.concession_bp[name])
                 for name in CARD_TYPE_NAMES
             ]
         )
+        await self.service.durable()  # after looking: what was seen is durable
+        return reply
 
     @rpc("AdminService/GetTerminalStatus")
     async def GetTerminalStatus(self, request, context, principal):

@@ -624,6 +624,10 @@ cdef class Ledger:
         self.cards[k].state = new_state
         self.cards[k].blocked_at_ms = blocked
 
+    def card_ids(self):
+        """Every card id, in issue order (cold path: relisting after a rule change)."""
+        return [self.cards[i].card_id for i in range(self.card_n)]
+
     def card_count(self):
         return self.card_n
 
