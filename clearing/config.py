@@ -22,6 +22,7 @@ from clearing.limits import (
     BATCH_TAPS_MAX,
     BP_MAX,
     JOURNAL_MAP_SIZE_BYTES_DEFAULT,
+    LEDGER_RECORDS_MAX,
     UINT32_MAX,
     UINT64_MAX,
 )
@@ -53,6 +54,10 @@ class ServerSettings(_Section):
     reflection: bool = False
     manual_clock: bool = False  # testing only: enables AdminService.SetClock
     map_size_bytes: int = JOURNAL_MAP_SIZE_BYTES_DEFAULT
+    # Sizing: room the ledger core allocates at start, so growth never stalls a
+    # batch (about 100 bytes a tap, 70 a card); 0 grows on demand.
+    reserve_cards: int = 0
+    reserve_taps: int = 0
 
 
 class Limits(_Section):
@@ -206,6 +211,12 @@ def _validate_server(server: ServerSettings, source: str) -> None:
         f"[server] cutoff {server.cutoff!r} must be HH:MM",
     )
     _need(server.map_size_bytes >= 2**20, source, "[server] map_size_bytes must be >= 1 MiB")
+    for name in ("reserve_cards", "reserve_taps"):
+        _need(
+            0 <= getattr(server, name) <= LEDGER_RECORDS_MAX,
+            source,
+            f"[server] {name} must be in 0..{LEDGER_RECORDS_MAX}",
+        )
 
 
 def _validate_limits(limits: Limits, source: str) -> None:

@@ -167,6 +167,9 @@ class Ledger:
         c.state = state
         c.blocked_at_ms = blocked_at_ms
 
+    def reserve(self, cards: int, taps: int) -> None:
+        """Room for this many cards and taps (the compiled core allocates; dicts grow)."""
+
     def card_ids(self) -> list[int]:
         """Every card id, in issue order (cold path: relisting after a rule change)."""
         return list(self._cards)

@@ -45,6 +45,9 @@ BATCH_TAPS_MAX = 100_000
 # gRPC message bound derived from it (taps, results and framing headroom).
 GRPC_MESSAGE_BYTES_MAX = BATCH_TAPS_MAX * (TAP_BYTES + RESULT_BYTES) + 64 * 1024
 
+# The ledger core indexes cards and tap records with 31-bit positions.
+LEDGER_RECORDS_MAX = 2**31 - 1
+
 # Card operations ----------------------------------------------------------------
 
 REQUEST_ID_BYTES_MAX = 128  # a UUID is 36; anything much longer is a client bug

@@ -8,6 +8,7 @@ returned only after the journal's writer thread has committed its entry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -109,6 +110,8 @@ class Service:
             )
         if isinstance(self.clock, ManualClock):
             self.clock.set(max(self.clock.now_ms(), self.engine.last_accepted_ms))
+        server = self.config.server
+        self.engine.ledger.reserve(server.reserve_cards, server.reserve_taps)
 
     def _append_now(self, body: Body) -> None:
         env = self.engine.admin(body, self.clock.now_ms())
@@ -125,8 +128,9 @@ class Service:
         """Time alone makes transfers fall due: look once a second."""
         while self.serving:
             await asyncio.sleep(TRANSFER_CHECK_SECONDS)
-            if self.serving and self.journal.failure is None:
-                self.settle_due_transfers()
+            if self.serving and self.fault is None and self.journal.failure is None:
+                with contextlib.suppress(StorageError):  # the fault is recorded: stop here
+                    self.settle_due_transfers()
 
     async def stop(self) -> None:
         """Commit what is queued, checkpoint, close LMDB."""

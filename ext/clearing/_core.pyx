@@ -276,6 +276,15 @@ cdef int grow_array(void **data, uint64_t *cap, uint64_t need, size_t item) exce
     return 0
 
 
+cdef void prefault(void *p, size_t nbytes) noexcept nogil:
+    """Touch every page so the kernel backs it now (contents unchanged)."""
+    cdef volatile unsigned char *q = <volatile unsigned char *>p
+    cdef size_t off = 0
+    while off < nbytes:
+        q[off] = q[off]
+        off += 4096
+
+
 cdef int index_init(index_t *ix, uint64_t cap) except -1:
     cdef uint64_t *slots = <uint64_t *>cc_region_alloc((cap + INDEX_TAIL) * sizeof(uint64_t))
     if slots == NULL:
@@ -623,6 +632,21 @@ cdef class Ledger:
         cdef int64_t blocked = blocked_at_ms
         self.cards[k].state = new_state
         self.cards[k].blocked_at_ms = blocked
+
+    def reserve(self, uint64_t cards, uint64_t taps):
+        """Allocate and touch room for this many cards and tap records now.
+
+        Static allocation at start (TIGER_STYLE): the kernel zeroes fresh pages
+        on first touch, which otherwise lands inside apply_batch as the tables
+        grow. Capacities only grow; a reserve below the current size does nothing.
+        """
+        self.reserve_cards(cards)
+        self.reserve_taps(taps)
+        prefault(self.cards, self.card_cap * sizeof(card_t))
+        prefault(self.card_index.slots, self.card_index.end * sizeof(uint64_t))
+        prefault(self.taps, self.tap_cap * sizeof(tap_t))
+        prefault(self.tap_prev, self.tap_prev_cap * sizeof(uint32_t))
+        prefault(self.tap_index.slots, self.tap_index.end * sizeof(uint64_t))
 
     def card_ids(self):
         """Every card id, in issue order (cold path: relisting after a rule change)."""
