@@ -47,7 +47,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -59,7 +58,7 @@ from conftest import Stopwatch, figure, filesystem_of, report, scratch_root
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
 
-from clearing.client import Stubs, bearer, channel
+from clearing.client import Stubs, bearer, channel, serve_command
 from clearing.config import Config, dump_config, parse_config
 from clearing.v1 import cards_pb2
 from tests.conftest import TOKENS, city_dict
@@ -116,18 +115,7 @@ class ServerProcess:
         started = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "clearing",
-                    "serve",
-                    "--config",
-                    self.config_path,
-                    "--listen",
-                    self.target,
-                    "--metrics-listen",
-                    self.metrics_target,
-                ],
+                serve_command(self.target, self.metrics_target, config=self.config_path),
                 cwd=REPO_ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=log,

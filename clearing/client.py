@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -94,6 +95,26 @@ async def top_up(stubs: Stubs, token: str, request_id: str, card_id: int, amount
         cards_pb2.TopUpRequest(request_id=request_id, card_id=card_id, amount_fen=amount_fen),
         metadata=bearer(token),
     )
+
+
+def serve_command(
+    listen: str,
+    metrics_listen: str,
+    *,
+    config: str | None = None,
+    data_dir: str | None = None,
+    manual_clock: bool = False,
+) -> list[str]:
+    """The argv of ``clearing serve`` on loopback, for demos, tests and benchmarks."""
+    argv = [sys.executable, "-m", "clearing", "serve", "--listen", listen]
+    argv += ["--metrics-listen", metrics_listen]
+    if config is not None:
+        argv += ["--config", config]
+    if data_dir is not None:
+        argv += ["--data-dir", data_dir]
+    if manual_clock:
+        argv.append("--manual-clock")
+    return argv
 
 
 def free_port() -> int:

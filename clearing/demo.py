@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 from rich.console import Console
@@ -26,6 +25,7 @@ from clearing.client import (
     bearer,
     channel,
     free_port,
+    serve_command,
     signed_batch,
     top_up,
     unpack_results,
@@ -207,19 +207,12 @@ def run_demo(data_dir: str) -> None:
     target = f"127.0.0.1:{free_port()}"
     console.print(f"[bold]Starting the engine on the demo city[/] ({target}, data in {data_dir}/)")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clearing",
-            "serve",
-            "--data-dir",
-            data_dir,
-            "--listen",
+        serve_command(
             target,
-            "--metrics-listen",
             f"127.0.0.1:{free_port()}",
-            "--manual-clock",  # so the demo can let a week pass for the replacement
-        ],
+            data_dir=data_dir,
+            manual_clock=True,  # so the demo can let a week pass for the replacement
+        ),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

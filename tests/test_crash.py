@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import grpc
@@ -17,6 +16,7 @@ from clearing.client import (
     bearer,
     channel,
     free_port,
+    serve_command,
     signed_batch,
     unpack_results,
     wait_serving,
@@ -44,18 +44,7 @@ class ServerProcess:
     async def start(self) -> None:
         self.target = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clearing",
-                "serve",
-                "--config",
-                str(self.config_path),
-                "--listen",
-                self.target,
-                "--metrics-listen",
-                f"127.0.0.1:{free_port()}",
-            ],
+            serve_command(self.target, f"127.0.0.1:{free_port()}", config=str(self.config_path)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
