@@ -99,8 +99,9 @@ class Engine:
     def tap_batch(self, terminal_id: int, packed_taps: bytes, now_ms: int) -> Envelope:
         """Rate and apply a checked batch; returns the entry to journal."""
         seq, accepted = self._next(now_ms)
-        results = self._run(seq, accepted, TapBatchEntry(terminal_id, packed_taps, b""))
-        return Envelope(seq, accepted, b"", TapBatchEntry(terminal_id, packed_taps, results))
+        probe = TapBatchEntry(terminal_id, packed_taps, b"")
+        results = self._run(seq, accepted, probe)
+        return Envelope(seq, accepted, b"", msgspec.structs.replace(probe, packed_results=results))
 
     def card_op(self, request_id: str, req: CardRequest) -> tuple[Envelope | None, CardAnswer]:
         """Apply a card operation, or answer a repeat of ``request_id``.
@@ -122,14 +123,8 @@ class Engine:
         seq, accepted = self._next(req.now_ms)
         entry = CardOpEntry(request_id, req.method, req.channel, req.card_id, req.args, 0, 0)
         outcome: Outcome = self._run(seq, accepted, entry)
-        body = CardOpEntry(
-            request_id,
-            req.method,
-            req.channel,
-            req.card_id,
-            req.args,
-            int(outcome.status),
-            outcome.amount_fen,
+        body = msgspec.structs.replace(
+            entry, status=int(outcome.status), amount_fen=outcome.amount_fen
         )
         return Envelope(seq, accepted, b"", body), self.answers[request_id]
 
