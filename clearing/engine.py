@@ -132,6 +132,10 @@ class Engine:
         """Move a replaced card's balance to its new card (the hold has passed)."""
         seq, accepted = self._next(now_ms)
         new_card_id = self.book.replacements[old_card_id].new_card_id
+        # A replacement that was itself replaced (and has moved its balance on)
+        # passes this balance along to the newest card of the chain.
+        while new_card_id in self.book.replacements and new_card_id not in self.book.pending:
+            new_card_id = self.book.replacements[new_card_id].new_card_id
         amount = self.ledger.card(old_card_id)[2]
         body = TransferEntry(old_card_id, new_card_id, amount)
         self._run(seq, accepted, body)
@@ -301,6 +305,10 @@ def _check_request(request_id: str, req: CardRequest) -> None:
     if not request_id or len(request_id.encode()) > REQUEST_ID_BYTES_MAX:
         raise RequestRejected(
             "INVALID_ARGUMENT", f"request_id must be 1..{REQUEST_ID_BYTES_MAX} bytes (a UUID)"
+        )
+    if req.card_id == 0 or (req.method == "ReplaceCard" and req.args[0] == 0):
+        raise RequestRejected(
+            "INVALID_ARGUMENT", "card ids start at 1 (0 means the field is missing)"
         )
     operation = cards.OPERATIONS.get(req.method)
     assert operation is not None, f"unknown card method {req.method}"

@@ -288,7 +288,7 @@ class Journal:
         started = time.perf_counter()
         try:
             self._commit(group)
-        except (lmdb.Error, OSError) as exc:
+        except Exception as exc:  # anything: a dead writer must not leave callers hanging
             self.failure = storage_message(exc, self.map_size_bytes)
             self._resolve(seqs, StorageError(self.failure), 0.0)
             if self.on_failure is not None and self._loop is not None:

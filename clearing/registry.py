@@ -9,8 +9,6 @@ into the ledger.
 
 from __future__ import annotations
 
-import hmac
-
 from clearing.codes import TerminalClass
 from clearing.config import CARD_TYPE_NAMES, Config, token_digest
 from clearing.entries import (
@@ -68,6 +66,7 @@ class Registry:
         self.terminal_by_token: dict[bytes, int] = {}
         self.rules: dict[str, dict[int, int]] = {}  # party -> {effective_from_ms: bp}
         self.config_seq = 0  # journal seq of the configuration in force
+        self.config_terminals: set[int] = set()  # terminals the configuration file names
 
     # Applying journal entries (live and replay alike) ------------------------------
 
@@ -78,7 +77,16 @@ class Registry:
             self.apply_party(ledger, party)
         for terminal in entry.terminals:
             self.apply_terminal(ledger, terminal)
+        named = {t.terminal_id for t in entry.terminals}
+        for terminal_id in self.config_terminals - named:  # taken out of the file: revoked
+            self._remove_terminal(terminal_id)
+        self.config_terminals = named
         self.config_seq = seq
+
+    def _remove_terminal(self, terminal_id: int) -> None:
+        """Its token and key stop working; its history stays in the journal and ledger."""
+        terminal = self.terminals.pop(terminal_id)
+        self.terminal_by_token.pop(terminal.token_sha256, None)
 
     def apply_party(self, ledger, party: PartyRecord) -> None:
         self.party_index.setdefault(party.party_id, len(self.party_index) + 1)
@@ -144,10 +152,6 @@ class Registry:
             return True
         if any(self.parties.get(p.party_id) != p for p in entry.parties):
             return True
+        if {t.terminal_id for t in entry.terminals} != self.config_terminals:
+            return True  # a terminal was added to or taken out of the file
         return any(self.terminals.get(t.terminal_id) != t for t in entry.terminals)
-
-
-def mac_ok(key: bytes, message: bytes, mac: bytes) -> bool:
-    """SPEC §9 batch MAC, compared in constant time."""
-    expected = hmac.new(key, message, "sha256").digest()
-    return hmac.compare_digest(expected, mac)

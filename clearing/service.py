@@ -196,12 +196,15 @@ class Service:
         committed = self.journal.append(env.seq, env.accepted_at_ms, env.body)
         if self.engine.taps_since_checkpoint >= CHECKPOINT_EVERY_TAPS:
             self.journal.append_checkpoint(self.engine.checkpoint_builder())
-        return asyncio.ensure_future(self._durable(env, committed, deny_version))
+        durable = asyncio.ensure_future(self._durable(env, committed, deny_version))
+        return asyncio.shield(durable)  # a cancelled caller leaves the bookkeeping running
 
     async def _durable(
         self, env: Envelope, committed: asyncio.Future, deny_version: int
     ) -> Envelope:
-        await committed
+        # Shielded: a caller whose deadline expires must not cancel the commit
+        # future, which later reads and repeats wait on.
+        await asyncio.shield(committed)
         if deny_version > self._deny_durable_version:
             self._deny_durable_version = deny_version
             self._deny_changed.set()

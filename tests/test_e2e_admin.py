@@ -12,7 +12,7 @@ from clearing.codes import TapStatus
 from clearing.config import parse_config
 from clearing.server.app import Server
 from clearing.v1 import admin_pb2
-from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, city_dict
+from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, city_dict, terminal_token
 
 ADMIN = bearer(TOKENS["admin"])
 CARD = 6_000_001
@@ -114,3 +114,15 @@ async def test_set_clock_is_refused_without_manual_clock(tmp_path):
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         await server.stop(0)
+
+
+async def test_a_terminal_taken_out_of_the_configuration_is_revoked(harness):
+    await harness.issue(CARD, balance_fen=1_000)
+    await harness.taps(POS, [(CARD, 1, 100, NOW_MS, 0)])
+    harness.config.terminals = [t for t in harness.config.terminals if t.id != POS]
+    await harness.restart()  # the operator removed the stolen POS from the file
+    assert harness.server.service.principal(terminal_token(POS)) is None
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await harness.taps(POS, [(CARD, 2, 100, NOW_MS, 0)])
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert await harness.balance(CARD) == 1_000 - 88

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -109,4 +111,19 @@ async def test_roles_and_malformed_requests_are_refused_without_a_trace(harness)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await cards.IssueCard(_issue(card_type=0), metadata=bearer(TOKENS["hall"]))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await cards.IssueCard(_issue(card_id=0), metadata=bearer(TOKENS["hall"]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # an unset card_id
     assert harness.last_seq == seq
+
+
+async def test_a_cancelled_caller_cannot_make_a_repeat_answer_before_the_commit(harness):
+    await harness.issue(CARD, balance_fen=0)
+    service = harness.server.service
+    first = asyncio.create_task(service.card_op("t-cancel", "TopUp", "hall-1", CARD, (100,)))
+    for _ in range(3):  # applied, queued, and waiting on the commit
+        await asyncio.sleep(0)
+    first.cancel()  # the caller's deadline expired
+    answer, duplicate = await service.card_op("t-cancel", "TopUp", "hall-1", CARD, (100,))
+    assert duplicate
+    assert service.journal.get(answer.journal_seq) is not None  # durable before the answer
