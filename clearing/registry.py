@@ -67,6 +67,7 @@ class Registry:
         self.rules: dict[str, dict[int, int]] = {}  # party -> {effective_from_ms: bp}
         self.config_seq = 0  # journal seq of the configuration in force
         self.config_terminals: set[int] = set()  # terminals the configuration file names
+        self.last_config: ConfigEntry | None = None  # the file as last journaled
 
     # Applying journal entries (live and replay alike) ------------------------------
 
@@ -81,6 +82,7 @@ class Registry:
         for terminal_id in self.config_terminals - named:  # taken out of the file: revoked
             self._remove_terminal(terminal_id)
         self.config_terminals = named
+        self.last_config = entry
         self.config_seq = seq
 
     def _remove_terminal(self, terminal_id: int) -> None:
@@ -147,11 +149,9 @@ class Registry:
         return None if terminal_id is None else self.terminals[terminal_id]
 
     def differs_from(self, entry: ConfigEntry) -> bool:
-        """True when the configuration file says something the journal does not."""
-        if self.settings != entry.settings:
-            return True
-        if any(self.parties.get(p.party_id) != p for p in entry.parties):
-            return True
-        if {t.terminal_id for t in entry.terminals} != self.config_terminals:
-            return True  # a terminal was added to or taken out of the file
-        return any(self.terminals.get(t.terminal_id) != t for t in entry.terminals)
+        """True when the configuration file changed since it was last journaled.
+
+        Compared with the file as last applied, not with the live registry, so
+        AdminService changes stand until the operator edits the file itself.
+        """
+        return entry != self.last_config

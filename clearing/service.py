@@ -100,8 +100,7 @@ class Service:
             raise
         log.info("journal replayed", entries=self.replayed, last_seq=self.engine.last_seq)
         wanted = config_entry(self.config)
-        registry = self.engine.registry
-        if registry.settings is None or registry.differs_from(wanted):
+        if self.engine.registry.differs_from(wanted):
             self._append_now(wanted)
         seed = self.config.seed
         if seed.cards and self.engine.ledger.card_count() == 0:

@@ -126,3 +126,16 @@ async def test_a_terminal_taken_out_of_the_configuration_is_revoked(harness):
         await harness.taps(POS, [(CARD, 2, 100, NOW_MS, 0)])
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert await harness.balance(CARD) == 1_000 - 88
+
+
+async def test_admin_changes_stand_until_the_file_itself_changes(harness):
+    await harness.stubs.admin.SetConcession(
+        admin_pb2.Concession(card_type="STUDENT", concession_bp=2_500), metadata=ADMIN
+    )
+    await harness.restart()  # same file: the admin's change stands
+    listed = await harness.stubs.admin.ListConcessions(admin_pb2.ListRequest(), metadata=ADMIN)
+    assert {c.card_type: c.concession_bp for c in listed.concessions}["STUDENT"] == 2_500
+    harness.config.rules.concession_bp["STUDENT"] = 4_000  # the operator edits the file
+    await harness.restart()
+    listed = await harness.stubs.admin.ListConcessions(admin_pb2.ListRequest(), metadata=ADMIN)
+    assert {c.card_type: c.concession_bp for c in listed.concessions}["STUDENT"] == 4_000
