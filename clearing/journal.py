@@ -20,6 +20,8 @@ refuses every later append, so the service stops acknowledging work.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import queue
 import struct
@@ -46,6 +48,19 @@ class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
     implementation: str  # which ledger core wrote ``ledger``
     ledger: bytes
     engine: bytes
+    digest: bytes = b""  # of everything above: a damaged checkpoint is skipped, not served
+
+    def sealed(self) -> Checkpoint:
+        return msgspec.structs.replace(self, digest=checkpoint_digest(self))
+
+
+def checkpoint_digest(cp: Checkpoint) -> bytes:
+    h = hashlib.blake2b(digest_size=32)
+    h.update(_SEQ.pack(cp.seq) + cp.chain_hash + cp.implementation.encode() + b"\0")
+    h.update(_SEQ.pack(len(cp.ledger)))
+    h.update(cp.ledger)
+    h.update(cp.engine)
+    return h.digest()
 
 
 class _Head(msgspec.Struct, array_like=True, frozen=True):
@@ -107,6 +122,7 @@ class Journal:
             self._env.reader_check()  # clear reader slots left by killed processes
             self._check_format()
         self._head_hash, self._head_seq = self._read_head()
+        self._committed_seq = self._head_seq  # the seq ``_head_hash`` belongs to
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,7 +224,11 @@ class Journal:
                     cp = _checkpoint_decoder.decode(cursor.value())
                 except msgspec.DecodeError:
                     cp = None  # a damaged checkpoint only costs replay time
-                if cp is not None and cp.seq <= self._head_seq:
+                if (
+                    cp is not None
+                    and cp.seq <= self._head_seq
+                    and hmac.compare_digest(cp.digest, checkpoint_digest(cp))
+                ):
                     return cp
                 found = cursor.prev()
         return None
@@ -298,7 +318,7 @@ class Journal:
 
     def _commit(self, group: list[_Item]) -> None:
         """Write a group in one durable transaction; the chain moves only on success."""
-        head_hash = self._head_hash
+        head_hash, head_seq = self._head_hash, self._committed_seq
         with self._env.begin(write=True) as txn:
             for item in group:
                 if item[0] == "entry":
@@ -306,13 +326,15 @@ class Journal:
                     value = entries.encode(Envelope(seq, accepted_at_ms, head_hash, body))
                     if not txn.put(_SEQ.pack(seq), value, append=True, db=self._entries):
                         raise JournalError(f"entry {seq} already exists: two writers?")
-                    head_hash = entries.chain_hash(value)
+                    head_hash, head_seq = entries.chain_hash(value), seq
                 else:
-                    self._put_checkpoint(txn, item[1](head_hash))
+                    cp = item[1](head_hash)
+                    if cp.seq == head_seq:  # only a state of exactly the last entry is true
+                        self._put_checkpoint(txn, cp.sealed())
             last = [item[1] for item in group if item[0] == "entry"]
             if last:  # the head is recorded apart so that a damaged last entry shows
                 txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)
-        self._head_hash = head_hash
+        self._head_hash, self._committed_seq = head_hash, head_seq
         if self._writer is None:  # the synchronous path moves the queued seq too
             self._head_seq = max([self._head_seq] + [i[1] for i in group if i[0] == "entry"])
 

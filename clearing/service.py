@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import structlog
@@ -51,13 +52,21 @@ def journal_path(data_dir: str) -> str:
     return os.path.join(data_dir, "journal")
 
 
-def load_engine(journal: Journal, engine: Engine) -> int:
-    """Rebuild the engine from the newest usable checkpoint and the journal.
+def load_engine(journal: Journal, new_engine: Callable[[], Engine]) -> tuple[Engine, int]:
+    """Rebuild an engine from the newest usable checkpoint and the journal.
 
-    Verifies the whole hash chain; returns the number of entries replayed.
+    Verifies the whole hash chain; returns the engine and the entries replayed.
+    A checkpoint that cannot be restored only costs a full replay.
     """
+    engine = new_engine()
     cp = journal.latest_checkpoint()
-    base = cp.seq if cp is not None and engine.restore(cp) else 0
+    base = 0
+    if cp is not None:
+        try:
+            base = cp.seq if engine.restore(cp) else 0
+        except Exception as exc:  # e.g. written by another version of the core
+            log.warning("checkpoint unusable: full replay", seq=cp.seq, reason=repr(exc))
+            engine, cp = new_engine(), None
     replayed = 0
     for seq, value, chain in journal.verified_scan():
         if seq == base and cp is not None and chain != cp.chain_hash:
@@ -67,7 +76,7 @@ def load_engine(journal: Journal, engine: Engine) -> int:
             replayed += 1
     if engine.last_seq != journal.last_seq:
         raise JournalCorrupt(journal.last_seq, f"checkpoint at {base} is beyond the journal")
-    return replayed
+    return engine, replayed
 
 
 class Service:
@@ -77,7 +86,8 @@ class Service:
             ManualClock(SystemClock().now_ms()) if config.server.manual_clock else SystemClock()
         )
         self.journal = Journal(journal_path(config.server.data_dir), config.server.map_size_bytes)
-        self.engine = Engine(ledger_class) if ledger_class is not None else Engine()
+        self._new_engine = (lambda: Engine(ledger_class)) if ledger_class else Engine
+        self.engine = self._new_engine()
         self._principals = {
             token_digest(p.token): Principal(p.role, p.party, 0) for p in config.principals
         }
@@ -94,7 +104,7 @@ class Service:
     def load(self) -> None:
         """Replay the journal, then journal the configuration if it changed."""
         try:
-            self.replayed = load_engine(self.journal, self.engine)
+            self.engine, self.replayed = load_engine(self.journal, self._new_engine)
         except Exception:
             self.journal.close()
             raise
@@ -136,11 +146,14 @@ class Service:
         self.serving = False
         if self._ticker is not None:
             self._ticker.cancel()
-        if self.journal.failure is None:
-            await self.journal.wait_durable()
-            if self.engine.taps_since_checkpoint:
-                self.journal.append_checkpoint(self.engine.checkpoint_builder())
-        self.journal.close()
+        try:
+            # A faulted engine's memory is not the journal's state: never checkpoint it.
+            if self.journal.failure is None and self.fault is None:
+                await self.journal.wait_durable()
+                if self.engine.taps_since_checkpoint:
+                    self.journal.append_checkpoint(self.engine.checkpoint_builder())
+        finally:
+            self.journal.close()
 
     # Principals ---------------------------------------------------------------
 

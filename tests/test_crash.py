@@ -176,3 +176,65 @@ async def test_a_damaged_journal_stops_the_start_with_the_position(city):
     flip_byte(os.path.join(city.server.data_dir, "journal", "data.mdb"), pack_taps(taps), 40, 0x10)
     with pytest.raises(JournalCorrupt, match=r"journal entry \d+: hash chain broken"):
         await Server(city).start("127.0.0.1:0")
+
+
+def _damage_newest_checkpoint(journal_dir: str) -> None:
+    import lmdb
+
+    env = lmdb.open(journal_dir, max_dbs=4, map_size=256 * 2**20)
+    try:
+        db = env.open_db(b"checkpoints", create=False)
+        with env.begin(write=True, db=db) as txn:
+            cursor = txn.cursor()
+            assert cursor.last(), "no checkpoint to damage"
+            value = bytearray(cursor.value())
+            value[len(value) // 2] ^= 0x40  # inside the ledger snapshot
+            txn.put(cursor.key(), bytes(value))
+    finally:
+        env.close()
+
+
+async def test_a_damaged_checkpoint_costs_replay_time_not_balances(city):
+    from tests.conftest import Harness
+
+    h = await Harness(city).start()
+    await h.issue(CARDS[0], balance_fen=9_990)
+    await h.taps(VALIDATOR, [(CARDS[0], 1, 90, 1_900_000_000_000, 11)])
+    await h.stop()  # a graceful stop leaves a checkpoint
+    _damage_newest_checkpoint(os.path.join(city.server.data_dir, "journal"))
+    await h.start()
+    try:
+        assert h.server.service.replayed == h.last_seq  # the whole journal, from genesis
+        assert await h.balance(CARDS[0]) == 9_900
+    finally:
+        await h.stop()
+
+
+async def test_a_faulted_engine_leaves_no_checkpoint(harness, monkeypatch):
+    h = harness
+    await h.issue(CARDS[0], balance_fen=1_000)
+    await h.taps(VALIDATOR, [(CARDS[0], 1, 100, 1_900_000_000_000, 11)])
+    service = h.server.service
+
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(service.engine, "_card_op", broken)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await h.issue(CARDS[1], balance_fen=0)
+    await h.stop()
+    assert _checkpoint_count(os.path.join(h.config.server.data_dir, "journal")) == 0
+    monkeypatch.undo()
+    await h.start()
+    assert await h.balance(CARDS[0]) == 900
+
+
+def _checkpoint_count(journal_dir: str) -> int:
+    import lmdb
+
+    env = lmdb.open(journal_dir, max_dbs=4, map_size=256 * 2**20, readonly=True)
+    try:
+        with env.begin(db=env.open_db(b"checkpoints", create=False)) as txn:
+            return txn.stat()["entries"]
+    finally:
+        env.close()
