@@ -173,15 +173,7 @@ def test_money_never_wraps(ledger):
     ledger.adjust_balance(ADULT, -INT64_MAX)
     assert ledger.total_balance_fen() == 3 * FUNDS + 1_000_000
     # A limit so large that list × rate overflows int64 is an error, not a number.
-    ledger.configure(
-        max_tap_fen=INT64_MAX,
-        max_late_ms=MAX_LATE,
-        max_clock_skew_ms=SKEW,
-        transfer_window_ms=WINDOW,
-        transfer_discount_fen=100,
-        liability_window_ms=LIABILITY,
-        concession_bp=(10_000, 5_000, 0, 0),
-    )
+    configure(ledger, max_tap_fen=INT64_MAX)
     with pytest.raises(OverflowError):
         ledger.apply_batch(BUS, tap(ADULT, 1, INT64_MAX // 2), NOW, 1)
     # A validator charge that would push the balance below INT64_MIN.
@@ -348,21 +340,25 @@ def test_time_window_edges(ledger, occurred, status):
         assert result == rejected(status, FUNDS)
 
 
-def _limits(ledger, max_late_ms: int, max_clock_skew_ms: int) -> None:
+def configure(ledger, **overrides) -> None:
+    """The test city's settings, with ``overrides`` by keyword."""
     ledger.configure(
-        max_tap_fen=MAX_TAP,
-        max_late_ms=max_late_ms,
-        max_clock_skew_ms=max_clock_skew_ms,
-        transfer_window_ms=WINDOW,
-        transfer_discount_fen=100,
-        liability_window_ms=LIABILITY,
-        concession_bp=(10_000, 5_000, 0, 0),
+        **{
+            "max_tap_fen": MAX_TAP,
+            "max_late_ms": MAX_LATE,
+            "max_clock_skew_ms": SKEW,
+            "transfer_window_ms": WINDOW,
+            "transfer_discount_fen": 100,
+            "liability_window_ms": LIABILITY,
+            "concession_bp": (10_000, 5_000, 0, 0),
+            **overrides,
+        }
     )
 
 
 def test_time_window_bounds_beyond_int64(ledger):
     """`now - max_late` and `now + skew` may leave int64; the comparisons stay exact."""
-    _limits(ledger, INT64_MAX, INT64_MAX)
+    configure(ledger, max_late_ms=INT64_MAX, max_clock_skew_ms=INT64_MAX)
     # now + skew > INT64_MAX: nothing is in the future.
     assert one(ledger, WATER, tap(ADULT, 1, 10, INT64_MAX)) == ok(10, 0, FUNDS - 10)
     # now - late < INT64_MIN: nothing is too late.
@@ -371,7 +367,9 @@ def test_time_window_bounds_beyond_int64(ledger):
     assert one(ledger, WATER, tap(ADULT, 3, 10, INT64_MIN)) == rejected(
         TapStatus.TOO_LATE, FUNDS - 20
     )
-    _limits(ledger, INT64_MIN, INT64_MIN)  # nonsense limits, exact answers all the same
+    configure(
+        ledger, max_late_ms=INT64_MIN, max_clock_skew_ms=INT64_MIN
+    )  # nonsense limits, exact answers all the same
     # now - late > INT64_MAX: everything is too late.
     assert one(ledger, WATER, tap(ADULT, 4, 10, INT64_MAX)) == rejected(
         TapStatus.TOO_LATE, FUNDS - 20
@@ -482,15 +480,7 @@ def test_concession_by_card_type(ledger, card_id, amount, charged):
 
 
 def test_configured_concessions(ledger):
-    ledger.configure(
-        max_tap_fen=MAX_TAP,
-        max_late_ms=MAX_LATE,
-        max_clock_skew_ms=SKEW,
-        transfer_window_ms=WINDOW,
-        transfer_discount_fen=100,
-        liability_window_ms=LIABILITY,
-        concession_bp=(9_000, 3_333, 2_500, 1),
-    )
+    configure(ledger, concession_bp=(9_000, 3_333, 2_500, 1))
     results = apply(
         ledger,
         BUS,
@@ -557,15 +547,7 @@ def test_transfer_counts_only_ok_rides(ledger):
 
 
 def test_transfer_discount_configurable(ledger):
-    ledger.configure(
-        max_tap_fen=MAX_TAP,
-        max_late_ms=MAX_LATE,
-        max_clock_skew_ms=SKEW,
-        transfer_window_ms=60_000,
-        transfer_discount_fen=150,
-        liability_window_ms=LIABILITY,
-        concession_bp=(10_000, 5_000, 0, 0),
-    )
+    configure(ledger, transfer_window_ms=60_000, transfer_discount_fen=150)
     apply(ledger, BUS, [tap(ADULT, 1, 200, NOW - 60_000, route=1)])
     assert one(ledger, BUS, tap(ADULT, 2, 200, NOW, route=2)) == ok(50, 150, FUNDS - 250)
     assert one(ledger, BUS, tap(ADULT, 3, 200, NOW + 60_001, route=3)).charged == 200
@@ -641,15 +623,7 @@ def test_replaced_or_closed_card_rides_are_issuer_loss(ledger, state):
 
 
 def test_liability_window_configurable(ledger):
-    ledger.configure(
-        max_tap_fen=MAX_TAP,
-        max_late_ms=MAX_LATE,
-        max_clock_skew_ms=SKEW,
-        transfer_window_ms=WINDOW,
-        transfer_discount_fen=100,
-        liability_window_ms=0,
-        concession_bp=(10_000, 5_000, 0, 0),
-    )
+    configure(ledger, liability_window_ms=0)
     ledger.set_card_state(ADULT, CardState.LOST, NOW)
     assert one(ledger, BUS, tap(ADULT, 1, 200, NOW - 1)).charged_to == CARD
     assert one(ledger, BUS, tap(ADULT, 2, 200, NOW)).charged_to == LOSS
@@ -794,13 +768,13 @@ def _busy_day(ledger) -> list[bytes]:
 def test_snapshot_restore_round_trip(impl, ledger):
     _busy_day(ledger)
     if impl == "c":  # the compiled snapshot also carries the configuration
-        ledger.configure(
+        configure(
+            ledger,
             max_tap_fen=50_000,
             max_late_ms=DAY,
             max_clock_skew_ms=1_000,
             transfer_window_ms=60_000,
             transfer_discount_fen=70,
-            liability_window_ms=LIABILITY,
             concession_bp=(10_000, 4_000, 100, 0),
         )
     blob = ledger.snapshot()
