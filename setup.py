@@ -1,6 +1,7 @@
-"""Build: compiles the Cython core and generates the gRPC stubs.
+"""Build: compiles the Cython extensions and generates the gRPC stubs.
 
-Nothing produced here is committed: `clearing/_core.c`, the extension module and
+Nothing produced here is committed: the generated C (under `build/cython`), the
+extension modules (`clearing._core`, `clearing._tapsum`) and
 `clearing/v1/*_pb2*.py` are all build outputs.
 """
 
@@ -50,7 +51,10 @@ class BuildExtWithProtos(build_ext):
 
 
 extensions = cythonize(
-    [Extension("clearing._core", ["ext/clearing/_core.pyx"])],
+    [
+        Extension("clearing._core", ["ext/clearing/_core.pyx"]),
+        Extension("clearing._tapsum", ["ext/clearing/_tapsum.pyx"]),
+    ],
     include_path=["ext"],
     language_level=3,
     compiler_directives={

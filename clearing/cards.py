@@ -20,6 +20,7 @@ class Outcome(NamedTuple):
     status: CardOpStatus
     amount_fen: int  # top-up amount, or cash paid out on close
     message: str
+    deposit_fen: int = 0  # cash deposit taken on issue, or the part of the payout on close
 
 
 OK_OUTCOME = Outcome(CardOpStatus.OK, 0, "")
@@ -48,7 +49,7 @@ def issue_card(ledger, registry: Registry, book: CardBook, req: CardRequest) -> 
         return Outcome(CardOpStatus.INVALID_AMOUNT, 0, "deposit_fen must be in 0..max_topup_fen")
     if not ledger.issue_card(req.card_id, card_type, deposit_fen):
         return Outcome(CardOpStatus.CARD_EXISTS, 0, f"card {masked(req.card_id)} already exists")
-    return OK_OUTCOME
+    return Outcome(CardOpStatus.OK, 0, "", deposit_fen)
 
 
 def top_up(ledger, registry: Registry, book: CardBook, req: CardRequest) -> Outcome:
@@ -143,7 +144,7 @@ def close_card(ledger, registry: Registry, book: CardBook, req: CardRequest) -> 
         )
     ledger.adjust_balance(req.card_id, -balance_fen)
     ledger.set_card_state(req.card_id, CardState.CLOSED, req.now_ms)
-    return Outcome(CardOpStatus.OK, balance_fen + deposit_fen, "")
+    return Outcome(CardOpStatus.OK, balance_fen + deposit_fen, "", deposit_fen)
 
 
 def _replaced(card_id: int) -> Outcome:

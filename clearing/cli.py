@@ -85,6 +85,23 @@ def demo(
         _fail(exc)
 
 
+@app.command()
+def settle(
+    date: Annotated[str, typer.Option("--date", help="business date YYYY-MM-DD to settle")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Settle a business date offline, as RunSettlement does (the server must be stopped)."""
+    from clearing.settlement.offline import settle_offline
+
+    configure_logging()
+    try:
+        settled = asyncio.run(settle_offline(_config(config, data_dir), date))
+    except ClearingError as exc:
+        _fail(exc)
+    typer.echo(settled)
+
+
 @journal_app.command("verify")
 def journal_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Check the hash chain and replay every entry against its journaled answers."""

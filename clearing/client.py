@@ -20,6 +20,7 @@ from clearing.v1 import (
     cards_pb2,
     cards_pb2_grpc,
     denylist_pb2_grpc,
+    settlement_pb2_grpc,
     taps_pb2,
     taps_pb2_grpc,
 )
@@ -88,6 +89,7 @@ class Stubs:
         self.cards = cards_pb2_grpc.CardServiceStub(chan)
         self.admin = admin_pb2_grpc.AdminServiceStub(chan)
         self.deny = denylist_pb2_grpc.DenyListServiceStub(chan)
+        self.settlement = settlement_pb2_grpc.SettlementServiceStub(chan)
 
 
 async def top_up(stubs: Stubs, token: str, request_id: str, card_id: int, amount_fen: int):

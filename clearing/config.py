@@ -53,6 +53,7 @@ class ServerSettings(_Section):
     cutoff: str = "04:00"
     reflection: bool = False
     manual_clock: bool = False  # testing only: enables AdminService.SetClock
+    manual_clock_start_ms: int = 0  # testing only: where the manual clock starts (0: now)
     map_size_bytes: int = JOURNAL_MAP_SIZE_BYTES_DEFAULT
     # Sizing: room the ledger core allocates at start, so growth never stalls a
     # batch (about 100 bytes a tap, 70 a card); 0 grows on demand.

@@ -18,15 +18,18 @@ from clearing.cardbook import CardBook, CardBookState
 from clearing.cards import CardRequest, Outcome
 from clearing.codes import CardOpStatus, CardState, CardType
 from clearing.core import Ledger
+from clearing.days import BusinessDays, DaysState
 from clearing.entries import (
     Body,
     CardOpEntry,
     ConcessionEntry,
     ConfigEntry,
+    DayCloseEntry,
     Envelope,
     MerchantRuleEntry,
     PartyEntry,
     SeedEntry,
+    SettledEntry,
     TapBatchEntry,
     TerminalEntry,
     TransferEntry,
@@ -68,6 +71,7 @@ class EngineState(msgspec.Struct, array_like=True):
     registry_entries: list[tuple[int, Body]]
     answers: dict[str, CardAnswer]
     book: CardBookState
+    days: DaysState | None = None
 
 
 class Engine:
@@ -75,6 +79,7 @@ class Engine:
         self.ledger = ledger_class()
         self.registry = Registry()
         self.book = CardBook()
+        self.days = BusinessDays()
         self.answers: dict[str, CardAnswer] = {}
         self.last_seq = 0
         self.last_accepted_ms = 0
@@ -119,12 +124,15 @@ class Engine:
                 0,
                 f"request_id {request_id!r} was used for another request",
             )
-            return None, CardAnswer(fingerprint, *conflict, self.ledger.card(req.card_id), 0, 0)
+            return None, CardAnswer(fingerprint, *conflict[:3], self.ledger.card(req.card_id), 0, 0)
         seq, accepted = self._next(req.now_ms)
         entry = CardOpEntry(request_id, req.method, req.channel, req.card_id, req.args, 0, 0)
         outcome: Outcome = self._run(seq, accepted, entry)
         body = msgspec.structs.replace(
-            entry, status=int(outcome.status), amount_fen=outcome.amount_fen
+            entry,
+            status=int(outcome.status),
+            amount_fen=outcome.amount_fen,
+            deposit_fen=outcome.deposit_fen,
         )
         return Envelope(seq, accepted, b"", body), self.answers[request_id]
 
@@ -142,10 +150,30 @@ class Engine:
         return Envelope(seq, accepted, b"", body)
 
     def admin(self, body: Body, now_ms: int) -> Envelope:
-        """A registry change (party, terminal, rule, concession, config, seed)."""
+        """A registry change (party, terminal, rule, concession, config, seed) or a
+        settled-day record."""
         seq, accepted = self._next(now_ms)
         self._run(seq, accepted, body)
         return Envelope(seq, accepted, b"", body)
+
+    def day_close_due(self, now_ms: int) -> bool:
+        return self.days.close_due(self._next(now_ms)[1])
+
+    def close_day(self, now_ms: int) -> Envelope | None:
+        """The close of the open business day, when the next entry would fall after it.
+
+        The service calls this until it returns None before every other write.
+        """
+        seq, accepted = self._next(now_ms)
+        if not self.days.close_due(accepted):
+            return None
+        body = self.days.close_body(self.ledger, list(self.registry.terminals))
+        self._run(seq, accepted, body)
+        return Envelope(seq, accepted, b"", body)
+
+    def registry_entries_before(self, seq: int) -> list[tuple[int, Body]]:
+        """The registry-changing entries journaled before ``seq`` (for settlement)."""
+        return [(s, body) for s, body in self._registry_entries if s < seq]
 
     # Replay ---------------------------------------------------------------
 
@@ -158,7 +186,8 @@ class Engine:
                 raise JournalCorrupt(envelope.seq, "replayed tap results differ from the journal")
         elif isinstance(body, CardOpEntry):
             outcome = self._run(envelope.seq, envelope.accepted_at_ms, body)
-            if (int(outcome.status), outcome.amount_fen) != (body.status, body.amount_fen):
+            answered = (int(outcome.status), outcome.amount_fen, outcome.deposit_fen)
+            if answered != (body.status, body.amount_fen, body.deposit_fen):
                 raise JournalCorrupt(envelope.seq, "replayed card operation answers differently")
         else:
             self._run(envelope.seq, envelope.accepted_at_ms, body)
@@ -166,6 +195,9 @@ class Engine:
     # The one path every entry takes ---------------------------------------------------------------
 
     def _run(self, seq: int, accepted_at_ms: int, body: Body):
+        if isinstance(body, DayCloseEntry):
+            return self._close_day(seq, accepted_at_ms, body)
+        self.days.check_entry(seq, accepted_at_ms)
         if isinstance(body, TapBatchEntry):
             if body.terminal_id not in self.registry.terminals:
                 raise JournalCorrupt(seq, f"tap batch from unknown terminal {body.terminal_id}")
@@ -181,7 +213,11 @@ class Engine:
             return self._card_op(seq, accepted_at_ms, body)
         if isinstance(body, TransferEntry):
             return self._transfer(seq, body)
+        if isinstance(body, SettledEntry):
+            return self.days.apply_settled(seq, body)
         self._apply_registry(seq, body)
+        if isinstance(body, ConfigEntry):
+            self.days.track(accepted_at_ms, body.settings.timezone, body.settings.cutoff)
         if not isinstance(body, SeedEntry):  # seeded cards live in the ledger's snapshot
             self._registry_entries.append((seq, body))
         return None
@@ -206,6 +242,15 @@ class Engine:
             accepted_at_ms,
         )
         return outcome
+
+    def _close_day(self, seq: int, accepted_at_ms: int, body: DayCloseEntry) -> None:
+        if not self.days.close_due(accepted_at_ms):
+            raise JournalCorrupt(seq, f"{body.business_date} closed before its cutoff")
+        self._advance(seq, accepted_at_ms)
+        expected = self.days.close_body(self.ledger, list(self.registry.terminals))
+        settings = self.registry.settings
+        assert settings is not None, "a day opens only with a configuration"
+        self.days.apply_close(seq, body, expected, settings.timezone, settings.cutoff)
 
     def _transfer(self, seq: int, body: TransferEntry) -> None:
         ledger, book = self.ledger, self.book
@@ -276,6 +321,7 @@ class Engine:
                 self._registry_entries,
                 self.answers,
                 self.book.state(),
+                self.days.state(),
             )
         )
         self.taps_since_checkpoint = 0
@@ -296,6 +342,8 @@ class Engine:
         self._registry_entries = list(state.registry_entries)
         self.answers = state.answers
         self.book.restore(state.book)
+        if state.days is not None:
+            self.days.restore(state.days)
         self.last_seq, self.last_accepted_ms = state.last_seq, state.last_accepted_ms
         return True
 

@@ -28,7 +28,8 @@ class CardOpEntry(msgspec.Struct, tag="card", array_like=True, frozen=True):
     card_id: int
     args: tuple[int, ...]  # method-specific: (card_type, deposit_fen), (amount_fen,), ...
     status: int  # CardReply.Status
-    amount_fen: int  # top-up amount, or cash paid out on close
+    amount_fen: int  # top-up amount, or cash paid out on close (balance + deposit)
+    deposit_fen: int = 0  # deposit taken (IssueCard) or refunded (CloseCard), in cash
 
 
 class TransferEntry(msgspec.Struct, tag="transfer", array_like=True, frozen=True):
@@ -37,6 +38,36 @@ class TransferEntry(msgspec.Struct, tag="transfer", array_like=True, frozen=True
     old_card_id: int
     new_card_id: int
     amount_fen: int  # the old card's whole balance, negative too
+
+
+class TerminalCount(msgspec.Struct, array_like=True, frozen=True):
+    terminal_id: int
+    last_seq: int  # highest terminal_seq received
+    received: int  # distinct terminal_seqs received; last_seq - received are missing
+
+
+class DayCloseEntry(msgspec.Struct, tag="dayclose", array_like=True, frozen=True):
+    """The end of a business day, journaled before any entry of a later day.
+
+    It records the state settlement needs at the cutoff but cannot derive from
+    the day's own entries: the float and each terminal's sequence position.
+    Replay recomputes it and must agree.
+    """
+
+    business_date: str  # ISO date of the day closed
+    cutoff_ms: int  # the instant it closed: the next day's cutoff
+    float_fen: int  # Σ card balances at the cutoff
+    card_count: int
+    terminals: tuple[TerminalCount, ...]
+
+
+class SettledEntry(msgspec.Struct, tag="settled", array_like=True, frozen=True):
+    """Business date ``business_date`` is settled; its files hash to ``manifest_sha256``."""
+
+    business_date: str
+    first_seq: int  # the day's entries are first_seq..last_seq (first > last: none)
+    last_seq: int
+    manifest_sha256: str
 
 
 class PartyRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -63,6 +94,8 @@ class SettingsRecord(msgspec.Struct, array_like=True, frozen=True):
     limits: dict[str, int]
     rules: dict[str, int]
     concession_bp: dict[str, int]
+    timezone: str = "Asia/Shanghai"  # business days (SPEC §2) are journaled too
+    cutoff: str = "04:00"
 
 
 class ConfigEntry(msgspec.Struct, tag="config", array_like=True, frozen=True):
@@ -111,6 +144,8 @@ Body = (
     | MerchantRuleEntry
     | ConcessionEntry
     | SeedEntry
+    | DayCloseEntry
+    | SettledEntry
 )
 
 

@@ -41,3 +41,10 @@ class RequestRejected(ClearingError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class SettlementError(ClearingError):
+    """A settlement run found the books do not balance, or cannot read its day.
+
+    Nothing that looks final is written: fix the cause and run it again.
+    """

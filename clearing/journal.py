@@ -20,6 +20,7 @@ refuses every later append, so the service stops acknowledging work.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import hmac
 import os
@@ -93,12 +94,28 @@ def storage_message(exc: BaseException, map_size_bytes: int) -> str:
     return f"journal storage failed ({type(exc).__name__}: {exc}); check the disk and restart"
 
 
+def _take_writer_lock(path: str) -> int:
+    """One writing process per journal: a second writer would fork the hash chain."""
+    fd = os.open(os.path.join(path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(
+            f"another process is writing the journal at {path} (a running server?): "
+            "stop it first, or ask the server (SettlementService for settlement)"
+        ) from None
+    return fd
+
+
 class Journal:
     def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
         self.path = path
         self.map_size_bytes = map_size_bytes
+        self._lock_fd = -1
         if not readonly:
             os.makedirs(path, exist_ok=True)
+            self._lock_fd = _take_writer_lock(path)
         elif not os.path.exists(os.path.join(path, "data.mdb")):
             raise JournalError(f"no journal at {path}: check the data directory")
         try:
@@ -114,6 +131,7 @@ class Journal:
                 lock=True,
             )
         except lmdb.Error as exc:
+            self._release_lock()
             raise JournalError(f"cannot open the journal at {path}: {exc}") from exc
         self._entries = self._env.open_db(b"journal", create=not readonly)
         self._checkpoints = self._env.open_db(b"checkpoints", create=not readonly)
@@ -215,6 +233,22 @@ class Journal:
             value = txn.get(_SEQ.pack(seq))
             return _head_decoder.decode(value).accepted_at_ms
 
+    def first_seq_at_or_after(self, ms: int) -> int:
+        """The first committed seq accepted at or after ``ms`` (last + 1 if none).
+
+        Stamps strictly increase with seq, so a binary search finds it.
+        """
+        with self._env.begin(db=self._entries, buffers=True) as txn:
+            low, high = 1, self._committed_seq + 1
+            while low < high:
+                middle = (low + high) // 2
+                head = _head_decoder.decode(txn.get(_SEQ.pack(middle)))
+                if head.accepted_at_ms >= ms:
+                    high = middle
+                else:
+                    low = middle + 1
+            return low
+
     def latest_checkpoint(self) -> Checkpoint | None:
         with self._env.begin(db=self._checkpoints) as txn:
             cursor = txn.cursor()
@@ -282,6 +316,12 @@ class Journal:
             self._writer.join()
             self._writer = None
         self._env.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = -1
 
     def _write_loop(self) -> None:
         while True:

@@ -61,6 +61,7 @@ CHECKPOINT_EVERY_TAPS = 2_000_000  # restart replays at most this many taps
 CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
 
 MS_PER_SECOND = 1_000
+MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 GAP_RANGES_MAX = 100  # GetTerminalStatus lists this many gap ranges, then says "truncated"
 
@@ -74,3 +75,11 @@ GRACE_SECONDS = 10.0  # shutdown: calls in flight get this long to finish
 DENY_LIST_CHANGES_KEPT = 100_000  # a validator further behind than this gets the full list
 DENY_LIST_WATCH_QUEUE_MAX = 1_024  # a watcher that lags this far is cut off, then resyncs
 TRANSFER_CHECK_SECONDS = 1.0  # how often the server looks for replacement transfers due
+
+# Settlement ------------------------------------------------------------------------------
+
+# Late OK taps are reported by how many days before the business day they occurred;
+# the last bin holds that many days or more (max_late_days defaults to 7).
+LATE_DAY_BINS = 8
+SETTLEMENT_TOP_PARTIES = 10  # report.html lists this many merchants and operators
+EXCEPTIONS_SHOWN_MAX = 500  # report.html shows this many exception rows; the CSV has them all

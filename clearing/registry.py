@@ -9,6 +9,8 @@ into the ledger.
 
 from __future__ import annotations
 
+import msgspec
+
 from clearing.codes import TerminalClass
 from clearing.config import CARD_TYPE_NAMES, Config, token_digest
 from clearing.entries import (
@@ -32,6 +34,8 @@ def settings_from_config(config: Config) -> SettingsRecord:
             if name != "concession_bp"
         },
         concession_bp=dict(rules.concession_bp),
+        timezone=config.server.timezone,
+        cutoff=config.server.cutoff,
     )
 
 
@@ -118,7 +122,7 @@ class Registry:
         assert self.settings is not None
         concessions = dict(self.settings.concession_bp)
         concessions[entry.card_type] = entry.concession_bp
-        self.settings = SettingsRecord(self.settings.limits, self.settings.rules, concessions)
+        self.settings = msgspec.structs.replace(self.settings, concession_bp=concessions)
         self._configure_ledger(ledger)
 
     def _configure_ledger(self, ledger) -> None:

@@ -83,7 +83,9 @@ class Service:
     def __init__(self, config: Config, *, ledger_class: type | None = None) -> None:
         self.config = config
         self.clock: SystemClock | ManualClock = (
-            ManualClock(SystemClock().now_ms()) if config.server.manual_clock else SystemClock()
+            ManualClock(config.server.manual_clock_start_ms or SystemClock().now_ms())
+            if config.server.manual_clock
+            else SystemClock()
         )
         self.journal = Journal(journal_path(config.server.data_dir), config.server.map_size_bytes)
         self._new_engine = (lambda: Engine(ledger_class)) if ledger_class else Engine
@@ -101,19 +103,21 @@ class Service:
 
     # Start-up ---------------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """Replay the journal, then journal the configuration if it changed."""
+    def load(self, *, apply_config: bool = True) -> None:
+        """Replay the journal, then journal the configuration if it changed
+        (offline tools pass ``apply_config=False``: the journal's stands)."""
         try:
             self.engine, self.replayed = load_engine(self.journal, self._new_engine)
         except Exception:
             self.journal.close()
             raise
         log.info("journal replayed", entries=self.replayed, last_seq=self.engine.last_seq)
+        self._close_days_now()  # days that ended while the server was down
         wanted = config_entry(self.config)
-        if self.engine.registry.differs_from(wanted):
+        if apply_config and self.engine.registry.differs_from(wanted):
             self._append_now(wanted)
         seed = self.config.seed
-        if seed.cards and self.engine.ledger.card_count() == 0:
+        if apply_config and seed.cards and self.engine.ledger.card_count() == 0:
             self._append_now(
                 SeedEntry(seed.first_card_id, seed.cards, seed.opening_balance_fen, seed.hall)
             )
@@ -126,20 +130,24 @@ class Service:
         env = self.engine.admin(body, self.clock.now_ms())
         self.journal.append_now(env.seq, env.accepted_at_ms, env.body)
 
+    def _close_days_now(self) -> None:
+        while (env := self.engine.close_day(self.clock.now_ms())) is not None:
+            self.journal.append_now(env.seq, env.accepted_at_ms, env.body)
+
     async def start(self) -> None:
         self.journal.start_writer(asyncio.get_running_loop())
         self.serving = True
         self._deny_durable_version = self.engine.book.deny.version
-        self.settle_due_transfers()  # holds that ended while the server was down
+        self.catch_up()  # holds that ended while the server was down
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
-        """Time alone makes transfers fall due: look once a second."""
+        """Time alone ends business days and makes transfers fall due: look once a second."""
         while self.serving:
             await asyncio.sleep(TRANSFER_CHECK_SECONDS)
             if self.serving and self.fault is None and self.journal.failure is None:
                 with contextlib.suppress(StorageError):  # the fault is recorded: stop here
-                    self.settle_due_transfers()
+                    self.catch_up()
 
     async def stop(self) -> None:
         """Commit what is queued, checkpoint, close LMDB."""
@@ -181,7 +189,7 @@ class Service:
             log.error("engine fault: no more work is acknowledged", reason=self.fault)
             raise StorageError(self.fault) from exc
 
-    def _check_serving(self) -> None:
+    def check_serving(self) -> None:
         """Every write starts here: refuse when not serving, then run due transfers."""
         if self.fault is not None:
             raise StorageError(self.fault)
@@ -189,11 +197,14 @@ class Service:
             raise StorageError(self.journal.failure)
         if not self.serving:
             raise RequestRejected("UNAVAILABLE", "the server is not serving (starting or stopping)")
-        if self.engine.book.pending:
-            self.settle_due_transfers()
+        if self.engine.book.pending or self.engine.day_close_due(self.clock.now_ms()):
+            self.catch_up()
 
-    def settle_due_transfers(self) -> None:
-        """Journal every replacement transfer whose hold has passed, before anything later."""
+    def catch_up(self) -> None:
+        """Before anything later: close the business days that have ended, then
+        journal every replacement transfer whose hold has passed."""
+        while (env := self._apply(self.engine.close_day, self.clock.now_ms())) is not None:
+            self._append(env).add_done_callback(_ignore_result)
         for old_card_id, _ in self.engine.book.due_transfers(self.clock.now_ms()):
             env = self._apply(self.engine.transfer, old_card_id, self.clock.now_ms())
             self._append(env).add_done_callback(_ignore_result)
@@ -230,7 +241,7 @@ class Service:
 
         Streams use this to keep several batches in flight, in order.
         """
-        self._check_serving()
+        self.check_serving()
         env = self._apply(self.engine.tap_batch, terminal_id, packed_taps, self.clock.now_ms())
         return env, self._append(env)
 
@@ -242,7 +253,7 @@ class Service:
         self, request_id: str, method: str, channel: str, card_id: int, args: tuple[int, ...]
     ) -> tuple[CardAnswer, bool]:
         """(answer, duplicate): a repeat of request_id answers from memory."""
-        self._check_serving()
+        self.check_serving()
         req = CardRequest(method, card_id, args, channel, self.clock.now_ms())
         env, answer = self._apply(self.engine.card_op, request_id, req)
         if env is None:
@@ -252,7 +263,7 @@ class Service:
         return answer, False
 
     async def admin(self, body: Body) -> Envelope:
-        self._check_serving()
+        self.check_serving()
         return await self._append(self._apply(self.engine.admin, body, self.clock.now_ms()))
 
     def deny_list_version(self) -> int:

@@ -38,7 +38,12 @@ def city_dict(data_dir: str) -> dict:
         (BILLING, "BILLING", "u-water"),
     ]
     return {
-        "server": {"data_dir": data_dir, "manual_clock": True, "map_size_bytes": 256 * 2**20},
+        "server": {
+            "data_dir": data_dir,
+            "manual_clock": True,
+            "manual_clock_start_ms": NOW_MS,
+            "map_size_bytes": 256 * 2**20,
+        },
         "parties": [
             {"id": "op-bus-1", "role": "OPERATOR", "fee_bp": 100},
             {"id": "m-0001", "role": "MERCHANT", "fee_bp": 150, "discount_bp": 8800},
@@ -66,13 +71,16 @@ def city_dict(data_dir: str) -> dict:
 
 
 def flip_byte(path: str, needle: bytes, offset: int, mask: int) -> None:
-    """Damage a file in place: flip bits of the byte ``offset`` past ``needle``."""
+    """Damage a file in place: flip bits of the byte ``offset`` past every ``needle``
+    (LMDB may also hold stale copies of a page: damage the live one too)."""
     with open(path, "r+b") as f:
         data = f.read()
         where = data.find(needle)
         assert where >= 0, "the bytes to damage are not in the file"
-        f.seek(where + offset)
-        f.write(bytes([data[where + offset] ^ mask]))
+        while where >= 0:
+            f.seek(where + offset)
+            f.write(bytes([data[where + offset] ^ mask]))
+            where = data.find(needle, where + 1)
 
 
 @pytest.fixture

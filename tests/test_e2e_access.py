@@ -8,7 +8,7 @@ from google.protobuf import message_factory
 
 from clearing.client import bearer
 from clearing.server.auth import METHOD_ROLES
-from clearing.v1 import admin_pb2, cards_pb2, denylist_pb2, taps_pb2
+from clearing.v1 import admin_pb2, cards_pb2, denylist_pb2, settlement_pb2, taps_pb2
 from tests.conftest import TOKENS, VALIDATOR, terminal_token
 
 ROLE_TOKENS = {
@@ -22,7 +22,7 @@ REFUSALS = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 
 
 def _methods():
-    for module in (taps_pb2, cards_pb2, admin_pb2, denylist_pb2):
+    for module in (taps_pb2, cards_pb2, admin_pb2, denylist_pb2, settlement_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 yield service, method

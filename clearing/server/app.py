@@ -17,8 +17,10 @@ from clearing.metrics import Metrics
 from clearing.server.admin import AdminServicer
 from clearing.server.cards import CardServicer
 from clearing.server.denylist import DenyListServicer
+from clearing.server.settlement import SettlementServicer
 from clearing.server.taps import TapServicer
 from clearing.service import Service
+from clearing.settlement.runner import Settlements
 from clearing.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -26,6 +28,8 @@ from clearing.v1 import (
     cards_pb2_grpc,
     denylist_pb2,
     denylist_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
     taps_pb2,
     taps_pb2_grpc,
 )
@@ -37,6 +41,7 @@ SERVICE_NAMES = (
     cards_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     denylist_pb2.DESCRIPTOR.services_by_name["DenyListService"].full_name,
+    settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
 )
 
 
@@ -47,6 +52,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.service = Service(config, ledger_class=ledger_class)
+        self.settlements = Settlements(self.service)
         self.health = health.aio.HealthServicer()
         self.grpc: grpc.aio.Server | None = None
         self.port = 0
@@ -74,6 +80,9 @@ class Server:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.service), self.grpc)
         denylist_pb2_grpc.add_DenyListServiceServicer_to_server(
             DenyListServicer(self.service), self.grpc
+        )
+        settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
+            SettlementServicer(self.service, self.settlements), self.grpc
         )
         if self.config.server.reflection:
             reflection.enable_server_reflection(

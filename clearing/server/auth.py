@@ -26,6 +26,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "CardService/GetCardHistory": frozenset({"HALL"}),
     "DenyListService/GetDenyList": frozenset({"TERMINAL", "HALL", "ADMIN"}),
     "DenyListService/WatchDenyList": frozenset({"TERMINAL", "HALL", "ADMIN"}),
+    "SettlementService/RunSettlement": frozenset({"FINANCE"}),
+    "SettlementService/GetSettlement": frozenset({"FINANCE"}),
     **{
         f"AdminService/{method}": frozenset({"ADMIN"})
         for method in (

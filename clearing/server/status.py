@@ -9,6 +9,7 @@ from clearing.errors import (
     ConfigError,
     JournalError,
     RequestRejected,
+    SettlementError,
     StorageError,
 )
 
@@ -20,6 +21,8 @@ def to_status(exc: ClearingError) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, StorageError):
         return grpc.StatusCode.UNAVAILABLE, f"not acknowledging work: {exc}"
+    if isinstance(exc, SettlementError):
+        return grpc.StatusCode.INTERNAL, f"settlement failed, nothing final was written: {exc}"
     if isinstance(exc, JournalError):
         return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"

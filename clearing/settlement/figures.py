@@ -1,0 +1,180 @@
+"""From a day's raw totals to SPEC §8's figures: party rows, the issuer, invariants.
+
+Pure functions over integers: fees are rounded half-even on daily totals,
+every total is checked to fit int64, and the invariants are computed from two
+independent sources (the day's entries and the ledger's own day closes).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from clearing import tapsum_py as v
+from clearing.entries import DayCloseEntry, PartyRecord
+from clearing.errors import SettlementError
+from clearing.limits import BP_SCALE, INT64_MAX, INT64_MIN
+from clearing.settlement.daybook import DayBook
+
+ISSUER_ID = "issuer"
+TAP_ROLES = ("OPERATOR", "MERCHANT", "UTILITY")  # paid for taps on their terminals
+
+
+class SummaryRow(NamedTuple):
+    party_id: str
+    role: str
+    count: int
+    list_fen: int
+    discount_fen: int
+    gross_fen: int
+    fee_fen: int
+    net_fen: int
+    direction: str
+    bank_account: str
+
+
+class Figures(NamedTuple):
+    rows: list[SummaryRow]  # every party and the issuer, by party_id
+    issuer: dict[str, int]  # the issuer's breakdown
+    totals: list[int]  # Σ of every tap summary vector
+    invariants: dict[str, bool]
+
+
+def half_even(amount_fen: int, bp: int) -> int:
+    """Banker's rounding of amount × bp / 10,000 (SPEC §2), for amount ≥ 0."""
+    assert amount_fen >= 0 and bp >= 0
+    quotient, remainder = divmod(amount_fen * bp, BP_SCALE)
+    if 2 * remainder > BP_SCALE or (2 * remainder == BP_SCALE and quotient % 2 == 1):
+        quotient += 1
+    return quotient
+
+
+def direction(net_fen: int) -> str:
+    return "PAY" if net_fen > 0 else "COLLECT" if net_fen < 0 else "NONE"
+
+
+def compute(book: DayBook, opening: DayCloseEntry | None, closing: DayCloseEntry) -> Figures:
+    totals = [0] * v.SUMMARY_LEN
+    by_party: dict[str, list[int]] = {}
+    for (_, party_id, _), vector in book.taps.items():
+        party_totals = by_party.setdefault(party_id, [0] * v.SUMMARY_LEN)
+        for i, value in enumerate(vector):
+            totals[i] += value
+            party_totals[i] += value
+    unknown = (set(by_party) | set(book.topups)) - set(book.view.parties)
+    if unknown:
+        raise SettlementError(f"money moved through unknown parties: {sorted(unknown)}")
+    rows = [_party_row(p, by_party.get(p.party_id), book) for p in book.view.parties.values()]
+    issuer = _issuer(rows, book, totals, opening, closing)
+    rows.append(_row(ISSUER_ID, "ISSUER", 0, 0, 0, 0, 0, issuer["net_fen"], ""))
+    rows.sort(key=lambda row: row.party_id)
+    for row in rows:
+        _check_int64(row.party_id, *row[2:8])
+    _check_int64("issuer", *issuer.values())
+    invariants = _invariants(rows, issuer, totals, book, closing)
+    failed = [name for name, held in invariants.items() if not held]
+    if failed:
+        raise SettlementError(f"invariants failed: {', '.join(failed)}")
+    return Figures(rows, issuer, totals, invariants)
+
+
+def _row(party_id, role, count, list_fen, discount, gross, fee, net, bank) -> SummaryRow:
+    return SummaryRow(
+        party_id, role, count, list_fen, discount, gross, fee, net, direction(net), bank
+    )
+
+
+def _party_row(party: PartyRecord, taps: list[int] | None, book: DayBook) -> SummaryRow:
+    role, bank = party.role, party.bank_account
+    if role in ("AGENT", "HALL"):
+        flow = book.topups.get(party.party_id)
+        count, topups = (flow.count, flow.fen) if flow else (0, 0)
+        if role == "HALL":  # the cash is already the issuer's
+            return _row(party.party_id, role, count, 0, 0, topups, 0, 0, bank)
+        commission = half_even(topups, party.commission_bp)
+        return _row(
+            party.party_id, role, count, 0, 0, topups, commission, -(topups - commission), bank
+        )
+    t = taps or [0] * v.SUMMARY_LEN
+    count, gross = t[v.OK_COUNT], t[v.OK_CHARGED]
+    if role == "UTILITY":
+        fee = count * party.fee_per_bill_fen
+    elif role in TAP_ROLES:
+        fee = half_even(gross, party.fee_bp)
+    else:  # an unknown role holding taps fails the gross invariant below
+        fee = 0
+    return _row(
+        party.party_id, role, count, t[v.OK_LIST], t[v.OK_DISCOUNT], gross, fee, gross - fee, bank
+    )
+
+
+def _issuer(
+    rows: list[SummaryRow],
+    book: DayBook,
+    totals: list[int],
+    opening: DayCloseEntry | None,
+    closing: DayCloseEntry,
+) -> dict[str, int]:
+    float_opening = opening.float_fen if opening is not None else 0
+    by_role: dict[str, list[SummaryRow]] = {}
+    for row in rows:
+        by_role.setdefault(row.role, []).append(row)
+    return {
+        "net_fen": -sum(row.net_fen for row in rows),
+        "hall_topups_fen": sum(row.gross_fen for row in by_role.get("HALL", [])),
+        "agent_topups_fen": sum(row.gross_fen for row in by_role.get("AGENT", [])),
+        "fee_income_fen": sum(r.fee_fen for role in TAP_ROLES for r in by_role.get(role, [])),
+        "commission_expense_fen": sum(row.fee_fen for row in by_role.get("AGENT", [])),
+        "hot_list_loss_fen": totals[v.LOSS_CHARGED],
+        "hot_list_loss_count": totals[v.LOSS_COUNT],
+        "deposits_taken_fen": book.deposits_taken.fen,
+        "deposits_refunded_fen": book.deposits_refunded.fen,
+        "balance_refunds_fen": book.balance_refunds.fen,
+        "closing_refunds_paid_fen": book.balance_refunds.fen + book.deposits_refunded.fen,
+        "float_opening_fen": float_opening,
+        "float_closing_fen": closing.float_fen,
+        "float_change_fen": closing.float_fen - float_opening,
+    }
+
+
+def _invariants(
+    rows: list[SummaryRow],
+    issuer: dict[str, int],
+    totals: list[int],
+    book: DayBook,
+    closing: DayCloseEntry,
+) -> dict[str, bool]:
+    """SPEC §8's checks, each from sources that could disagree."""
+    i = issuer
+    all_topups = i["hall_topups_fen"] + i["agent_topups_fen"]
+    tap_gross = sum(row.gross_fen for row in rows if row.role in TAP_ROLES)
+    taps_seen = (
+        totals[v.OK_COUNT]
+        + totals[v.DUP_COUNT]
+        + totals[v.BAD]
+        + sum(totals[v.REJECTED : v.REJECTED + v.STATUS_COUNT])
+    )
+    return {
+        "sum_of_nets_is_zero": sum(row.net_fen for row in rows) == 0,
+        "issuer_net_matches_its_breakdown": i["net_fen"]
+        == i["float_change_fen"]
+        - i["hall_topups_fen"]
+        + i["balance_refunds_fen"]
+        - i["hot_list_loss_fen"]
+        + i["fee_income_fen"]
+        - i["commission_expense_fen"],
+        "float_change_matches_movements": i["float_change_fen"]
+        == all_topups - totals[v.CARD_CHARGED] - i["balance_refunds_fen"],
+        "gross_equals_charged_of_ok_taps": tap_gross == totals[v.OK_CHARGED],
+        "charges_split_between_cards_and_loss": totals[v.OK_CHARGED]
+        == totals[v.CARD_CHARGED] + totals[v.LOSS_CHARGED],
+        "every_entry_counted_once": sum(book.kinds.values()) == book.last_seq - book.first_seq + 1,
+        "every_tap_counted_once": taps_seen == book.tap_count,
+        "every_tap_result_consistent": totals[v.BAD] == 0,
+        "closing_is_at_the_cutoff": closing.cutoff_ms == book.window_end_ms,
+    }
+
+
+def _check_int64(what: str, *amounts: int) -> None:
+    for amount in amounts:
+        if not INT64_MIN <= amount <= INT64_MAX:
+            raise SettlementError(f"{what}: a total of {amount} fen does not fit int64")

@@ -1,0 +1,110 @@
+"""Settlement files on disk: written whole or not at all, and read back checked.
+
+A day's directory appears only once every file is written and synced (they
+are written beside it and renamed into place), so a failed or interrupted run
+leaves nothing that looks final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+from typing import Any
+
+from clearing.errors import SettlementError
+from clearing.settlement.compute import Computed
+from clearing.settlement.figures import SummaryRow
+from clearing.settlement.files import FILE_NAMES, sha256
+
+
+def settlement_root(data_dir: str) -> str:
+    return os.path.join(data_dir, "settlement")
+
+
+def publish(root: str, computed: Computed, recorded_sha256: str | None) -> str:
+    """Put the computed files in ``root/<date>/``; returns that directory.
+
+    A date already settled must come out exactly as recorded; damaged or
+    missing files of such a date are rewritten from the journal.
+    """
+    day = computed.business_date
+    if recorded_sha256 is not None and recorded_sha256 != computed.manifest_sha256:
+        raise SettlementError(
+            f"{day} was settled with manifest {recorded_sha256}, but the journal now gives "
+            f"{computed.manifest_sha256}; nothing was changed. Run `clearing journal verify` "
+            "and check that this is the version of the engine that settled it"
+        )
+    final = os.path.join(root, day)
+    if _holds(final, computed.files):
+        return final
+    os.makedirs(root, exist_ok=True)
+    partial, replaced = final + ".partial", final + ".replaced"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    for name, data in sorted(computed.files.items()):
+        with open(os.path.join(partial, name), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    _fsync_dir(partial)
+    if os.path.exists(final):
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+    os.rename(partial, final)
+    _fsync_dir(root)
+    shutil.rmtree(replaced, ignore_errors=True)
+    return final
+
+
+def _holds(directory: str, wanted: dict[str, bytes]) -> bool:
+    try:
+        if sorted(os.listdir(directory)) != sorted(wanted):
+            return False
+        for name, data in wanted.items():
+            with open(os.path.join(directory, name), "rb") as f:
+                if f.read() != data:
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_published(
+    root: str, day: str, recorded_sha256: str
+) -> tuple[dict[str, Any], list[SummaryRow]] | None:
+    """(manifest, summary rows) of a settled date, or None when any file is
+    missing or differs from what the journal recorded."""
+    directory = os.path.join(root, day)
+    contents: dict[str, bytes] = {}
+    for name in FILE_NAMES:
+        with contextlib.suppress(OSError), open(os.path.join(directory, name), "rb") as f:
+            contents[name] = f.read()
+    if len(contents) != len(FILE_NAMES) or sha256(contents["manifest.json"]) != recorded_sha256:
+        return None
+    manifest = json.loads(contents["manifest.json"])
+    if any(sha256(contents[name]) != digest for name, digest in manifest["files"].items()):
+        return None
+    return manifest, parse_summary(contents["summary.csv"])
+
+
+def parse_summary(data: bytes) -> list[SummaryRow]:
+    """summary.csv's party rows (the TOTAL row left out)."""
+    reader = csv.reader(io.StringIO(data.decode()))
+    next(reader)  # header
+    rows = []
+    for party_id, role, *numbers, direction, bank in reader:
+        if party_id != "TOTAL":
+            rows.append(SummaryRow(party_id, role, *map(int, numbers), direction, bank))
+    return rows
