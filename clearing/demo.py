@@ -3,8 +3,9 @@
 Starts `clearing serve` as a child process on loopback with a fresh data
 directory, plays a short story through gRPC (rides, a transfer, a discounted
 purchase, a bill, every rejection of SPEC §5, a lost card), streams a burst of
-validator batches, prints outcomes and balances, stops the server with
-SIGTERM and verifies the journal offline.
+validator batches, prints outcomes and balances, settles the day once the
+(manual) clock has passed its cutoff, stops the server with SIGTERM and
+verifies the journal offline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clearing import democity as city
+from clearing.business_day import business_date_of
 from clearing.client import (
     Stubs,
     bearer,
@@ -32,10 +34,11 @@ from clearing.client import (
     wait_serving,
 )
 from clearing.codes import CardType, ChargedTo, TapStatus
-from clearing.config import SeedSettings
+from clearing.config import SeedSettings, ServerSettings
 from clearing.demo_lost import lost_card_story
 from clearing.engine import seed_card_type
-from clearing.v1 import cards_pb2
+from clearing.settlement.text import cny
+from clearing.v1 import admin_pb2, cards_pb2, settlement_pb2
 
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough for the outcome table
@@ -192,14 +195,51 @@ async def _burst(stubs: Stubs) -> None:
     )
 
 
+async def _settle(stubs: Stubs, business_date: str) -> None:
+    """The night's settlement of the demo's first day (the clock is a week on by now)."""
+    reply = await stubs.settlement.RunSettlement(
+        settlement_pb2.SettlementRequest(business_date=business_date),
+        metadata=bearer(city.FINANCE_TOKEN),
+    )
+    table = Table(title=f"Settlement of {business_date}: the largest payments (CNY)")
+    for col in ("party", "role", "count", "gross", "fee", "net", "direction"):
+        table.add_column(
+            col, justify="right" if col in ("count", "gross", "fee", "net") else "left"
+        )
+    Direction = settlement_pb2.PartySettlement.Direction
+    largest = sorted(reply.parties, key=lambda p: (-abs(p.net_fen), p.party_id))[:8]
+    for p in largest:
+        table.add_row(
+            p.party_id,
+            admin_pb2.PartyRole.Name(p.role),
+            str(p.count),
+            cny(p.gross_fen),
+            cny(p.fee_fen),
+            cny(p.net_fen),
+            Direction.Name(p.direction),
+        )
+    console.print(table)
+    i = reply.issuer
+    console.print(
+        f"{reply.tap_count:,} taps; pay {cny(reply.total_paid_fen)}, collect "
+        f"{cny(reply.total_collected_fen)}; float {cny(i.float_opening_fen)} -> "
+        f"{cny(i.float_closing_fen)}; issuer net {cny(i.net_fen)}; "
+        f"{reply.exception_count} exception rows"
+    )
+    console.print(f"report for the finance team: {reply.output_dir}/report.html")
+
+
 async def _play(target: str, server: subprocess.Popen) -> None:
     await wait_serving(target, server, SERVER_START_SECONDS_MAX)
+    days = ServerSettings()  # the demo city's business days
+    first_day = business_date_of(int(time.time() * 1000), days.timezone, days.cutoff).isoformat()
     async with channel(target) as chan:
         stubs = Stubs(chan)
         await _story(stubs)
         await _balances(stubs)
         await _burst(stubs)
-        await lost_card_story(stubs, Terminal, _row)  # last: it moves the clock a week on
+        await lost_card_story(stubs, Terminal, _row)  # it moves the clock a week on
+        await _settle(stubs, first_day)
 
 
 def run_demo(data_dir: str) -> None:
