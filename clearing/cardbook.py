@@ -58,6 +58,10 @@ class CardBook:
         )
         return [(old, new) for _, old, new in due]
 
+    def next_due_ms(self) -> int | None:
+        """When the earliest pending transfer falls due."""
+        return min((self.replacements[old].due_at_ms for old in self.pending), default=None)
+
     def state(self) -> CardBookState:
         return CardBookState(
             self.replacements, sorted(self.pending), self.replaced, self.op_seqs, self.deny.state(),

@@ -22,13 +22,19 @@ class DaysState(msgspec.Struct, array_like=True):
     open_date: str  # ISO date of the business day in progress ("" before the first entry)
     open_until_ms: int  # its end: the next day's cutoff
     settled: dict[str, tuple[int, str]]  # date -> (journal seq, manifest SHA-256)
+    first_date: str  # the journal's first business day
+    closes: dict[str, int]  # date -> journal seq of its DayCloseEntry
 
 
 class BusinessDays:
     def __init__(self) -> None:
         self.open_date = ""
         self.open_until_ms = 0
+        self.first_date = ""
         self.settled: dict[str, tuple[int, str]] = {}
+        # One entry a day: settlement reads a day's bounds from its closes, so a
+        # later change of time zone or cutoff never moves a past day.
+        self.closes: dict[str, int] = {}
 
     # The day in progress ------------------------------------------------------------
 
@@ -41,6 +47,7 @@ class BusinessDays:
             else business_date_of(accepted_at_ms, timezone, cutoff)
         )
         self.open_date = day.isoformat()
+        self.first_date = self.first_date or self.open_date
         self.open_until_ms = business_window_ms(day, timezone, cutoff)[1]
 
     def check_entry(self, seq: int, accepted_at_ms: int) -> None:
@@ -54,7 +61,9 @@ class BusinessDays:
 
     # Closing ------------------------------------------------------------------------------
 
-    def close_body(self, ledger, terminal_ids: list[int]) -> DayCloseEntry:
+    def close_body(
+        self, ledger, terminal_ids: list[int], timezone: str, cutoff: str
+    ) -> DayCloseEntry:
         """The close of the open day, from the state now."""
         counts = tuple(
             TerminalCount(terminal_id, *ledger.terminal_status(terminal_id))
@@ -62,17 +71,19 @@ class BusinessDays:
         )
         return DayCloseEntry(
             self.open_date,
+            timezone,
+            cutoff,
             self.open_until_ms,
             ledger.total_balance_fen(),
             ledger.card_count(),
             counts,
         )
 
-    def apply_close(
-        self, seq: int, body: DayCloseEntry, expected: DayCloseEntry, timezone: str, cutoff: str
-    ) -> None:
+    def apply_close(self, seq: int, body: DayCloseEntry, expected: DayCloseEntry) -> None:
         if body != expected:
             raise JournalCorrupt(seq, f"the close of {body.business_date} differs from the state")
+        self.closes[body.business_date] = seq
+        timezone, cutoff = body.timezone, body.cutoff
         next_day = dt.date.fromisoformat(self.open_date) + dt.timedelta(days=1)
         self.open_date = next_day.isoformat()
         self.open_until_ms = business_window_ms(next_day, timezone, cutoff)[1]
@@ -85,8 +96,16 @@ class BusinessDays:
     # Checkpoints ---------------------------------------------------------------------------
 
     def state(self) -> DaysState:
-        return DaysState(self.open_date, self.open_until_ms, dict(self.settled))
+        return DaysState(
+            self.open_date, self.open_until_ms, dict(self.settled), self.first_date,
+            dict(self.closes),
+        )  # fmt: skip
 
     def restore(self, state: DaysState) -> None:
         self.open_date, self.open_until_ms = state.open_date, state.open_until_ms
         self.settled = {date: tuple(found) for date, found in state.settled.items()}
+        self.first_date, self.closes = state.first_date, dict(state.closes)
+
+    def next_event_ms(self) -> int | None:
+        """When the open day ends (the service wakes then to close it)."""
+        return self.open_until_ms if self.open_date else None

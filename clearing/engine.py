@@ -167,9 +167,16 @@ class Engine:
         seq, accepted = self._next(now_ms)
         if not self.days.close_due(accepted):
             return None
-        body = self.days.close_body(self.ledger, list(self.registry.terminals))
+        body = self._close_body()
         self._run(seq, accepted, body)
         return Envelope(seq, accepted, b"", body)
+
+    def _close_body(self) -> DayCloseEntry:
+        settings = self.registry.settings
+        assert settings is not None, "a day opens only with a configuration"
+        return self.days.close_body(
+            self.ledger, list(self.registry.terminals), settings.timezone, settings.cutoff
+        )
 
     def registry_entries_before(self, seq: int) -> list[tuple[int, Body]]:
         """The registry-changing entries journaled before ``seq`` (for settlement)."""
@@ -247,10 +254,7 @@ class Engine:
         if not self.days.close_due(accepted_at_ms):
             raise JournalCorrupt(seq, f"{body.business_date} closed before its cutoff")
         self._advance(seq, accepted_at_ms)
-        expected = self.days.close_body(self.ledger, list(self.registry.terminals))
-        settings = self.registry.settings
-        assert settings is not None, "a day opens only with a configuration"
-        self.days.apply_close(seq, body, expected, settings.timezone, settings.cutoff)
+        self.days.apply_close(seq, body, self._close_body())
 
     def _transfer(self, seq: int, body: TransferEntry) -> None:
         ledger, book = self.ledger, self.book

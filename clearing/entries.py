@@ -55,6 +55,8 @@ class DayCloseEntry(msgspec.Struct, tag="dayclose", array_like=True, frozen=True
     """
 
     business_date: str  # ISO date of the day closed
+    timezone: str  # the business-day rules the day ran under
+    cutoff: str
     cutoff_ms: int  # the instant it closed: the next day's cutoff
     float_fen: int  # Σ card balances at the cutoff
     card_count: int

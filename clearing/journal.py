@@ -39,7 +39,7 @@ from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
 from clearing.limits import CHECKPOINTS_KEPT, GROUP_COMMIT_ENTRIES_MAX
 
-FORMAT_VERSION = b"clearing-journal-1"
+FORMAT_VERSION = b"clearing-journal-2"  # 2: day closes, deposits in card operations
 _SEQ = struct.Struct(">Q")
 
 
@@ -158,7 +158,11 @@ class Journal:
             if found is None:
                 txn.put(b"format", FORMAT_VERSION)
             elif found != FORMAT_VERSION:
-                raise JournalError(f"journal at {self.path} has format {found!r}, not ours")
+                raise JournalError(
+                    f"journal at {self.path} has format {found.decode(errors='replace')}, "
+                    f"this engine writes {FORMAT_VERSION.decode()}: keep that data directory "
+                    "with the version that wrote it and start this one on a new one"
+                )
 
     def _read_head(self) -> tuple[bytes, int]:
         with self._env.begin(db=self._entries) as txn:

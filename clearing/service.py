@@ -8,7 +8,6 @@ returned only after the journal's writer thread has committed its entry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -138,16 +137,29 @@ class Service:
         self.journal.start_writer(asyncio.get_running_loop())
         self.serving = True
         self._deny_durable_version = self.engine.book.deny.version
-        self.catch_up()  # holds that ended while the server was down
+        self.catch_up(self.clock.now_ms())  # days and holds that ended while it was down
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
-        """Time alone ends business days and makes transfers fall due: look once a second."""
+        """Time alone ends business days and makes transfers fall due: wake when the
+        next one is due (at least once a second) and journal it."""
         while self.serving:
-            await asyncio.sleep(TRANSFER_CHECK_SECONDS)
+            await asyncio.sleep(self._seconds_to_next_event())
             if self.serving and self.fault is None and self.journal.failure is None:
-                with contextlib.suppress(StorageError):  # the fault is recorded: stop here
-                    self.catch_up()
+                try:
+                    self.catch_up(self.clock.now_ms())
+                except StorageError:
+                    pass  # the fault is recorded and reported; writes are refused
+                except Exception:  # the ticker must outlive anything; writes catch up too
+                    log.exception("catching up failed; retrying at the next tick")
+
+    def _seconds_to_next_event(self) -> float:
+        now = self.clock.now_ms()
+        events = [self.engine.book.next_due_ms(), self.engine.days.next_event_ms()]
+        soonest = min((ms for ms in events if ms is not None), default=None)
+        if soonest is None or self.clock.manual:
+            return TRANSFER_CHECK_SECONDS
+        return min(TRANSFER_CHECK_SECONDS, max(0.0, (soonest - now) / 1000))
 
     async def stop(self) -> None:
         """Commit what is queued, checkpoint, close LMDB."""
@@ -189,24 +201,34 @@ class Service:
             log.error("engine fault: no more work is acknowledged", reason=self.fault)
             raise StorageError(self.fault) from exc
 
-    def check_serving(self) -> None:
-        """Every write starts here: refuse when not serving, then run due transfers."""
+    def check_serving(self) -> int:
+        """Every write starts here: refuse when not serving, then close ended days and
+        run due transfers. Returns the clock reading the write must use, so that
+        nothing can fall due between this catch-up and the write."""
         if self.fault is not None:
             raise StorageError(self.fault)
         if self.journal.failure is not None:
             raise StorageError(self.journal.failure)
         if not self.serving:
             raise RequestRejected("UNAVAILABLE", "the server is not serving (starting or stopping)")
-        if self.engine.book.pending or self.engine.day_close_due(self.clock.now_ms()):
-            self.catch_up()
+        now_ms = self.clock.now_ms()
+        if self.engine.book.pending or self.engine.day_close_due(now_ms):
+            self.catch_up(now_ms)
+        return now_ms
 
-    def catch_up(self) -> None:
-        """Before anything later: close the business days that have ended, then
-        journal every replacement transfer whose hold has passed."""
-        while (env := self._apply(self.engine.close_day, self.clock.now_ms())) is not None:
-            self._append(env).add_done_callback(_ignore_result)
-        for old_card_id, _ in self.engine.book.due_transfers(self.clock.now_ms()):
-            env = self._apply(self.engine.transfer, old_card_id, self.clock.now_ms())
+    def catch_up(self, now_ms: int | None = None) -> None:
+        """Journal what time alone made due by ``now_ms``, in time order: a day's
+        close before any entry stamped after its cutoff, and replacement transfers
+        in the day they fell due (unless the server was down through its end)."""
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        while True:
+            if self.engine.day_close_due(now_ms):
+                env = self._apply(self.engine.close_day, now_ms)
+            else:
+                due = self.engine.book.due_transfers(now_ms)
+                if not due:
+                    return
+                env = self._apply(self.engine.transfer, due[0][0], now_ms)
             self._append(env).add_done_callback(_ignore_result)
 
     def _append(self, env: Envelope) -> asyncio.Future[Envelope]:
@@ -241,8 +263,8 @@ class Service:
 
         Streams use this to keep several batches in flight, in order.
         """
-        self.check_serving()
-        env = self._apply(self.engine.tap_batch, terminal_id, packed_taps, self.clock.now_ms())
+        now_ms = self.check_serving()
+        env = self._apply(self.engine.tap_batch, terminal_id, packed_taps, now_ms)
         return env, self._append(env)
 
     async def submit_taps(self, terminal_id: int, packed_taps: bytes) -> Envelope:
@@ -253,8 +275,7 @@ class Service:
         self, request_id: str, method: str, channel: str, card_id: int, args: tuple[int, ...]
     ) -> tuple[CardAnswer, bool]:
         """(answer, duplicate): a repeat of request_id answers from memory."""
-        self.check_serving()
-        req = CardRequest(method, card_id, args, channel, self.clock.now_ms())
+        req = CardRequest(method, card_id, args, channel, self.check_serving())
         env, answer = self._apply(self.engine.card_op, request_id, req)
         if env is None:
             await self.journal.wait_durable()  # the original answer must be durable too
@@ -263,8 +284,8 @@ class Service:
         return answer, False
 
     async def admin(self, body: Body) -> Envelope:
-        self.check_serving()
-        return await self._append(self._apply(self.engine.admin, body, self.clock.now_ms()))
+        now_ms = self.check_serving()
+        return await self._append(self._apply(self.engine.admin, body, now_ms))
 
     def deny_list_version(self) -> int:
         return self._deny_durable_version

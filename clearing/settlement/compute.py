@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+import lmdb
+
 from clearing import entries
 from clearing import tapsum_py as v
 from clearing.business_day import business_window_ms
@@ -27,9 +29,8 @@ from clearing.tapsum import summarise as default_summarise
 
 class DayRequest(NamedTuple):
     business_date: dt.date
-    timezone: str
-    cutoff: str
-    first_date: dt.date  # business date of the journal's first entry
+    close_seq: int  # journal seq of the day's DayCloseEntry
+    previous_close_seq: int | None  # of the day before (None: the journal's first day)
     registry_entries: list[tuple[int, Body]]  # (seq, body) of registry changes, any range
 
 
@@ -49,46 +50,68 @@ class Computed(NamedTuple):
 def compute_day(
     journal: Journal, req: DayRequest, summarise: Callable = default_summarise
 ) -> Computed:
+    """Settle ``req.business_date``: storage trouble while reading is a SettlementError."""
+    try:
+        return _compute_day(journal, req, summarise)
+    except lmdb.Error as exc:
+        raise SettlementError(f"reading the journal failed ({exc}); run it again") from exc
+
+
+def _compute_day(journal: Journal, req: DayRequest, summarise: Callable) -> Computed:
     day = req.business_date
-    start_ms, end_ms = business_window_ms(day, req.timezone, req.cutoff)
+    closing = _close(journal, req.close_seq, day)
+    opening = None
+    if req.previous_close_seq is not None:
+        opening = _close(journal, req.previous_close_seq, day - dt.timedelta(days=1))
+    # The day's bounds as the journal closed them, not as the settings say today.
+    end_ms = closing.cutoff_ms
+    start_ms = (
+        opening.cutoff_ms
+        if opening is not None
+        else business_window_ms(day, closing.timezone, closing.cutoff)[0]
+    )
     first = journal.first_seq_at_or_after(start_ms)
     after = journal.first_seq_at_or_after(end_ms)
-    closing = _find_close(journal, day, after)
-    if closing is None:
-        raise SettlementError(
-            f"the journal has no close of {day} yet: the server closes it "
-            "at the first write after the cutoff"
-        )
-    opening = _find_close(journal, day - dt.timedelta(days=1), first)
-    if opening is None and day > req.first_date:
-        raise SettlementError(f"the journal has no close of the day before {day}")
     view = PartyView()
     for seq, body in req.registry_entries:
         if seq < first:
             view.apply(seq, body)
-    book = DayBook(view, first, summarise, (start_ms, end_ms), _utc_offset_ms(req, start_ms))
+    offset_ms = _utc_offset_ms(closing.timezone, start_ms)
+    book = DayBook(view, first, summarise, (start_ms, end_ms), offset_ms)
     for seq, value in journal.scan(first):
         if seq >= after:
             break
         book.add(entries.decode(value))
     if book.last_seq != after - 1:
         raise SettlementError(f"journal entries {book.next_seq}..{after - 1} could not be read")
-    figures = compute(book, opening, closing)
-    return _render(day.isoformat(), book, figures, opening, closing, req)
+    bracketed = _only_closes(journal, first, req.previous_close_seq or first) and _only_closes(
+        journal, after, req.close_seq
+    )
+    figures = compute(book, opening, closing, bracketed)
+    return _render(day.isoformat(), book, figures, opening, closing)
 
 
-def _find_close(journal: Journal, day: dt.date, from_seq: int) -> DayCloseEntry | None:
-    """The close of ``day``: among the closes journaled together from ``from_seq`` on."""
-    seq = from_seq
-    while (env := journal.get(seq)) is not None and isinstance(env.body, DayCloseEntry):
-        if env.body.business_date == day.isoformat():
-            return env.body
-        seq += 1
-    return None
+def _close(journal: Journal, seq: int, day: dt.date) -> DayCloseEntry:
+    env = journal.get(seq)
+    if env is None or not isinstance(env.body, DayCloseEntry):
+        raise SettlementError(f"journal entry {seq} is not the close of {day}")
+    if env.body.business_date != day.isoformat():
+        raise SettlementError(f"journal entry {seq} closes {env.body.business_date}, not {day}")
+    return env.body
 
 
-def _utc_offset_ms(req: DayRequest, at_ms: int) -> int:
-    zone = ZoneInfo(req.timezone)
+def _only_closes(journal: Journal, first_seq: int, end_seq: int) -> bool:
+    """True when entries first_seq..end_seq-1 are all day closes: nothing slipped
+    between a day's last entry and the close that recorded its float."""
+    for seq in range(first_seq, end_seq):
+        env = journal.get(seq)
+        if env is None or not isinstance(env.body, DayCloseEntry):
+            return False
+    return True
+
+
+def _utc_offset_ms(timezone: str, at_ms: int) -> int:
+    zone = ZoneInfo(timezone)
     offset = dt.datetime.fromtimestamp(at_ms / 1000, tz=zone).utcoffset()
     assert offset is not None
     return int(offset.total_seconds()) * 1000
@@ -100,7 +123,6 @@ def _render(
     figures: Figures,
     opening: DayCloseEntry | None,
     closing: DayCloseEntry,
-    req: DayRequest,
 ) -> Computed:
     rows, totals = figures.rows, figures.totals
     exceptions = exception_rows(book, opening, closing)
@@ -114,8 +136,8 @@ def _render(
         "format": files.FORMAT,
         "business_date": day,
         "window": {
-            "timezone": req.timezone,
-            "cutoff": req.cutoff,
+            "timezone": closing.timezone,
+            "cutoff": closing.cutoff,
             "start_ms": book.window_start_ms,
             "end_ms": book.window_end_ms,
         },

@@ -1,8 +1,9 @@
 """Settlement files on disk: written whole or not at all, and read back checked.
 
-A day's directory appears only once every file is written and synced (they
-are written beside it and renamed into place), so a failed or interrupted run
-leaves nothing that looks final.
+A day's directory appears only once every file is written and synced and the
+journal has recorded the date as settled (they are staged beside it and
+renamed into place), so a failed or interrupted run leaves nothing that looks
+final.
 """
 
 from __future__ import annotations
@@ -25,38 +26,56 @@ def settlement_root(data_dir: str) -> str:
     return os.path.join(data_dir, "settlement")
 
 
-def publish(root: str, computed: Computed, recorded_sha256: str | None) -> str:
-    """Put the computed files in ``root/<date>/``; returns that directory.
+def publish(root: str, computed: Computed, recorded_sha256: str) -> str:
+    """Put the files of a settled date in ``root/<date>/``; returns that directory.
 
-    A date already settled must come out exactly as recorded; damaged or
-    missing files of such a date are rewritten from the journal.
+    They must come out exactly as recorded; missing or damaged files are
+    rewritten from the journal.
     """
     day = computed.business_date
-    if recorded_sha256 is not None and recorded_sha256 != computed.manifest_sha256:
+    if recorded_sha256 != computed.manifest_sha256:
         raise SettlementError(
             f"{day} was settled with manifest {recorded_sha256}, but the journal now gives "
             f"{computed.manifest_sha256}; nothing was changed. Run `clearing journal verify` "
             "and check that this is the version of the engine that settled it"
         )
     final = os.path.join(root, day)
-    if _holds(final, computed.files):
-        return final
-    os.makedirs(root, exist_ok=True)
+    if not _holds(final, computed.files):
+        stage(root, computed)
+        promote(root, day)
+    return final
+
+
+def stage(root: str, computed: Computed) -> None:
+    """Write every file beside the final directory (``<date>.partial``), synced."""
+    partial = os.path.join(root, computed.business_date + ".partial")
+    try:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        for name, data in sorted(computed.files.items()):
+            with open(os.path.join(partial, name), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(partial)
+    except OSError as exc:
+        raise SettlementError(f"cannot write the settlement files under {root}: {exc}") from exc
+
+
+def promote(root: str, day: str) -> str:
+    """Rename the staged files into place: they appear whole or not at all."""
+    final = os.path.join(root, day)
     partial, replaced = final + ".partial", final + ".replaced"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    for name, data in sorted(computed.files.items()):
-        with open(os.path.join(partial, name), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    _fsync_dir(partial)
-    if os.path.exists(final):
+    try:
+        if os.path.exists(final):
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
+        os.rename(partial, final)
+        _fsync_dir(root)
         shutil.rmtree(replaced, ignore_errors=True)
-        os.rename(final, replaced)
-    os.rename(partial, final)
-    _fsync_dir(root)
-    shutil.rmtree(replaced, ignore_errors=True)
+    except OSError as exc:
+        raise SettlementError(f"cannot put the settlement files in {final}: {exc}") from exc
     return final
 
 

@@ -11,14 +11,15 @@ import asyncio
 import datetime as dt
 import os
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
-from clearing.business_day import business_date_of, business_window_ms, parse_business_date
+from clearing.business_day import parse_business_date
 from clearing.entries import SettledEntry
 from clearing.errors import RequestRejected
 from clearing.service import Service
 from clearing.settlement.compute import DayRequest, compute_day
 from clearing.settlement.figures import SummaryRow
-from clearing.settlement.publish import load_published, publish, settlement_root
+from clearing.settlement.publish import load_published, promote, publish, settlement_root, stage
 
 
 class Settled(NamedTuple):
@@ -38,70 +39,61 @@ class Settlements:
         self.root = settlement_root(service.config.server.data_dir)
         self._lock = asyncio.Lock()  # one run at a time: a date is journaled settled once
 
-    def _day_settings(self) -> tuple[str, str]:
-        settings = self.service.engine.registry.settings
-        assert settings is not None, "a serving engine has a configuration"
-        return settings.timezone, settings.cutoff
-
     def settleable_date(self, text: str) -> dt.date:
-        """The business date ``text`` names, if its day has ended; else a clear refusal."""
+        """The business date ``text`` names, if the journal has closed it; else a clear
+        refusal. Call after the service caught up with the clock."""
         day = parse_business_date(text)
-        timezone, cutoff = self._day_settings()
-        today = business_date_of(self.service.clock.now_ms(), timezone, cutoff)
-        where = f"business days change at {cutoff} {timezone}; the current one is {today}"
-        if day > today:
+        days = self.service.engine.days
+        open_day = dt.date.fromisoformat(days.open_date)
+        where = f"the open business day is {open_day}"
+        if day > open_day:
             raise RequestRejected("INVALID_ARGUMENT", f"{day} is in the future ({where})")
-        if day == today:
-            end_ms = business_window_ms(day, timezone, cutoff)[1]
+        if day == open_day:
+            settings = self.service.engine.registry.settings
+            assert settings is not None
+            cutoff = dt.datetime.fromtimestamp(
+                days.open_until_ms / 1000, ZoneInfo(settings.timezone)
+            )
             raise RequestRejected(
                 "FAILED_PRECONDITION",
-                f"{day} is still open: it can be settled after its cutoff "
-                f"(at {end_ms} ms; {where})",
+                f"{day} is still open: it can be settled after its cutoff, {cutoff.isoformat()}",
             )
-        first_date = self._first_date(timezone, cutoff)
-        if day < first_date:
+        if day < dt.date.fromisoformat(days.first_date):
             raise RequestRejected(
-                "OUT_OF_RANGE", f"{day} is before the journal's first entry (on {first_date})"
+                "OUT_OF_RANGE", f"{day} is before the journal's first entry (on {days.first_date})"
             )
+        assert day.isoformat() in days.closes, f"{day} is neither open nor closed"
         return day
-
-    def _first_date(self, timezone: str, cutoff: str) -> dt.date:
-        return business_date_of(self.service.journal.accepted_at_ms(1), timezone, cutoff)
 
     async def run(self, text: str) -> Settled:
         service = self.service
-        day = self.settleable_date(text)
+        parse_business_date(text)  # malformed: refused before anything else
         service.check_serving()  # closes ended days and runs due transfers first
+        day = self.settleable_date(text)
+        date = day.isoformat()
         async with self._lock:
             await service.durable()  # the day's close is committed before we read it
-            recorded = service.engine.days.settled.get(day.isoformat())
-            timezone, cutoff = self._day_settings()
+            days = service.engine.days
+            previous = (day - dt.timedelta(days=1)).isoformat()
             request = DayRequest(
                 day,
-                timezone,
-                cutoff,
-                self._first_date(timezone, cutoff),
+                days.closes[date],
+                days.closes.get(previous),
                 service.engine.registry_entries_before(service.engine.last_seq + 1),
             )
             computed = await asyncio.to_thread(compute_day, service.journal, request)
-            recorded_sha = recorded[1] if recorded else None
-            directory = await asyncio.to_thread(publish, self.root, computed, recorded_sha)
+            recorded = days.settled.get(date)
             if recorded is None:
+                # Staged, journaled, then put in place: no final-looking files unless recorded.
+                await asyncio.to_thread(stage, self.root, computed)
                 sha = computed.manifest_sha256
-                body = SettledEntry(
-                    computed.business_date, computed.first_seq, computed.last_seq, sha
-                )
+                body = SettledEntry(date, computed.first_seq, computed.last_seq, sha)
                 recorded = ((await service.admin(body)).seq, sha)
-        return Settled(
-            computed.business_date,
-            computed.first_seq,
-            computed.last_seq,
-            recorded[0],
-            recorded[1],
-            directory,
-            computed.manifest,
-            computed.rows,
-        )
+                directory = await asyncio.to_thread(promote, self.root, date)
+            else:
+                directory = await asyncio.to_thread(publish, self.root, computed, recorded[1])
+        return Settled(date, computed.first_seq, computed.last_seq, recorded[0], recorded[1],
+                       directory, computed.manifest, computed.rows)  # fmt: skip
 
     async def get(self, text: str) -> Settled:
         day = parse_business_date(text).isoformat()
