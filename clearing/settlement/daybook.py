@@ -8,6 +8,7 @@ as it streams past.
 from __future__ import annotations
 
 from collections import Counter
+from operator import add
 
 from clearing.codes import CardOpStatus
 from clearing.entries import (
@@ -26,7 +27,6 @@ from clearing.entries import (
 )
 from clearing.errors import SettlementError
 from clearing.limits import RESULT_BYTES
-from clearing.tapsum import SUMMARY_LEN
 
 
 class PartyView:
@@ -123,11 +123,7 @@ class DayBook:
         vector = self._summarise(body.packed_taps, body.packed_results, seq, *self._window)
         key = (terminal.terminal_id, terminal.party_id, terminal.terminal_class)
         totals = self.taps.get(key)
-        if totals is None:
-            self.taps[key] = vector
-        else:
-            for i in range(SUMMARY_LEN):
-                totals[i] += vector[i]
+        self.taps[key] = vector if totals is None else list(map(add, totals, vector))
         self.tap_count += len(body.packed_results) // RESULT_BYTES
 
     def _add_card_op(self, body: CardOpEntry) -> None:

@@ -7,6 +7,7 @@ independent sources (the day's entries and the ledger's own day closes).
 
 from __future__ import annotations
 
+from operator import add
 from typing import NamedTuple
 
 from clearing import tapsum_py as v
@@ -59,10 +60,9 @@ def compute(
     totals = [0] * v.SUMMARY_LEN
     by_party: dict[str, list[int]] = {}
     for (_, party_id, _), vector in book.taps.items():
-        party_totals = by_party.setdefault(party_id, [0] * v.SUMMARY_LEN)
-        for i, value in enumerate(vector):
-            totals[i] += value
-            party_totals[i] += value
+        totals = list(map(add, totals, vector))
+        before = by_party.get(party_id)
+        by_party[party_id] = vector if before is None else list(map(add, before, vector))
     unknown = (set(by_party) | set(book.topups)) - set(book.view.parties)
     if unknown:
         raise SettlementError(f"money moved through unknown parties: {sorted(unknown)}")

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable
+from operator import add
 from typing import Any
 
 from clearing import tapsum_py as v
@@ -77,9 +78,8 @@ def taps_by_hour(taps: dict[tuple[int, str, str], list[int]]) -> dict[str, list[
     """OK taps by local hour of occurrence, per terminal class."""
     hours: dict[str, list[int]] = {}
     for (_, _, terminal_class), t in taps.items():
-        into = hours.setdefault(terminal_class, [0] * 24)
-        for hour in range(24):
-            into[hour] += t[v.HOURS + hour]
+        into = hours.get(terminal_class, [0] * 24)
+        hours[terminal_class] = list(map(add, into, t[v.HOURS : v.HOURS + 24]))
     return dict(sorted(hours.items()))
 
 

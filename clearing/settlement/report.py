@@ -15,7 +15,7 @@ from typing import Any
 
 from clearing.limits import EXCEPTIONS_SHOWN_MAX, SETTLEMENT_TOP_PARTIES
 from clearing.settlement.exceptions import ExceptionRow
-from clearing.settlement.figures import ISSUER_ID, SummaryRow
+from clearing.settlement.figures import SummaryRow
 
 HOURS = 24
 # Fixed colours for the known classes so the chart looks the same every day;
@@ -332,21 +332,14 @@ def _exceptions(exceptions: list[ExceptionRow]) -> str:
     return _heading("Exceptions", "异常") + note + _table(headers, shown, {3, 4, 5})
 
 
-def _party_table(rows: list[SummaryRow]) -> str:
-    body = [
-        (r.party_id, r.role, _n(r.count), *(money(f) for f in r[3:8]), r.direction, r.bank_account)
-        for r in rows
-    ]
-    sums = [sum(r[i] for r in rows) for i in range(2, 8)]  # count, then the five amounts
-    total = ("TOTAL", "", _n(sums[0]), *map(money, sums[1:]), "", "")
-    # Same columns as summary.csv, named from the row type so the two never drift apart.
-    headers = [f.removesuffix("_fen").replace("_", " ").capitalize() for f in SummaryRow._fields]
-    table = _table(headers, body, {2, 3, 4, 5, 6, 7}, total=total)
-    issuer = sum(1 for r in rows if r.party_id == ISSUER_ID)
+def _files_note(manifest: dict) -> str:
+    """Every party's row is in summary.csv: a page of 650 rows would only slow it down."""
+    counts = manifest.get("counts", {})
     return (
-        _heading("All parties", "全部参与方")
-        + f"<details><summary>{_n(len(rows) - issuer)} parties and the issuer (summary.csv)"
-        + f"</summary>{table}</details>"
+        _heading("Files", "文件")
+        + f'<p class="note">summary.csv: every party ({_n(counts.get("parties", 0))}) and the '
+        + f"issuer; payments.csv: {_n(counts.get('payments', 0))} payment instructions; "
+        + "exceptions.csv; manifest.json: the SHA-256 of each file, recorded in the journal.</p>"
     )
 
 
@@ -361,7 +354,7 @@ def render_report(manifest: dict, rows: list[SummaryRow], exceptions: list[Excep
         _counts(manifest),
         _invariants(manifest),
         _exceptions(exceptions),
-        _party_table(rows),
+        _files_note(manifest),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
