@@ -48,7 +48,8 @@ class BusinessDays:
         )
         self.open_date = day.isoformat()
         self.first_date = self.first_date or self.open_date
-        self.open_until_ms = business_window_ms(day, timezone, cutoff)[1]
+        # A cutoff moved earlier than now ends the open day right after this entry.
+        self.open_until_ms = max(business_window_ms(day, timezone, cutoff)[1], accepted_at_ms + 1)
 
     def check_entry(self, seq: int, accepted_at_ms: int) -> None:
         """Only a day close may be the first entry past the open day's end."""

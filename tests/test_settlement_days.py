@@ -114,3 +114,18 @@ async def test_a_run_that_cannot_record_the_date_leaves_nothing_final(harness, m
     settled = await Settlements(service).run(DAY)  # the next run finishes the job
     assert sorted(os.listdir(root)) == [DAY]
     assert read(settled.directory, "summary.csv") == SUMMARY
+
+
+async def test_a_cutoff_moved_before_now_ends_the_open_day_at_once(city: Config):
+    h = await Harness(city).start()
+    await play_the_day(h)  # 2030-03-17 is open; it is 01:46 on the 18th in Shanghai
+    await h.stop()
+    earlier = msgspec.structs.replace(city.server, cutoff="01:00")
+    h = await Harness(msgspec.structs.replace(city, server=earlier)).start()
+    try:
+        await h.taps(VALIDATOR, [(1001, 10, 200, NOW_MS, 11)])  # the first entry of the 18th
+        settled = await run(h)
+        assert read(settled.output_dir, "summary.csv") == SUMMARY
+        assert settled.issuer.float_closing_fen == 13_091
+    finally:
+        await h.stop()
