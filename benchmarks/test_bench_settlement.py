@@ -19,14 +19,16 @@ while building; the engine's count of taps since the last checkpoint is then
 set to what ``Service._append`` would have left, N mod 2,000,000, so that the
 day's close does not snapshot every tap record inside the timed run.)
 
-Then the clock moves past D's end (D+1 04:00) and is measured, once:
+Then the clock moves past D's end (D+1 04:00) and is measured:
 
 1. ``Settlements(service).run(D)``, the path of RunSettlement, once the day's
    close is journaled (untimed: the server's ticker does that at the cutoff,
    hours before finance settles): validates the date, runs ``compute_day`` in
    a worker thread (streams the day's entries from LMDB through the compiled
    summariser; figures, exceptions, CSVs, report.html, manifest), publishes
-   the files (fsync'd), journals the SettledEntry. The run must report ``counts.taps == N``.
+   the files, journals the SettledEntry. The run must report ``counts.taps == N``.
+   Then four reruns of the date (the same pass, checked against the recorded
+   hash); the figure is the median of the five runs.
 2. ``compute_day`` once more under ``tracemalloc`` (peak of everything the
    pass allocates from Python, reset just before it); the manifest must equal
    the settled one. The anonymous RSS growth during run 1 (sampled from
@@ -40,10 +42,9 @@ Then the clock moves past D's end (D+1 04:00) and is measured, once:
    ratio; and the fixed cost of a run, from settling the (nearly) empty day
    D+1 the same way. Beside it, the 10M line gives the fixed cost that
    t(1M) and t(10M) imply, (10 t(1M) - t(10M)) / 9: at tens of millions of
-   taps a second, a run's fixed part (the day close and its commit, figures
-   and report.html for 654 parties, fsync'd files, the SettledEntry's
-   commit) is a large share of the 1M run, which is what the linearity
-   ratio then shows.
+   taps a second, a run's fixed part (figures and report.html for 654
+   parties, the files, the SettledEntry's commit, thread hand-offs) is a
+   sizeable share of the 1M run, which the linearity ratio then shows.
 
 No timing is asserted: the figures are the output.
 """
@@ -56,6 +57,7 @@ import gc
 import itertools
 import resource
 import shutil
+import statistics
 import threading
 import time
 import tracemalloc
@@ -88,6 +90,7 @@ MS_PER_BATCH = 4_000  # 10,000 batches: 05:00 .. 16:07 local
 SEED = 4
 TARGET_SECONDS = 30.0  # for 10,000,000 taps
 LINEAR_TOLERANCE = 0.12
+RERUNS = 4  # more runs of the same date after the first, for a median
 MIB = 2**20
 JOURNAL_BYTES_PER_TAP = 80  # 36 bytes of tap + 40 of result, and LMDB's pages (measured: 78)
 
@@ -247,8 +250,10 @@ def day(request, scratch_dir, monkeypatch):
     needed = 2 * taps * JOURNAL_BYTES_PER_TAP  # the journal, and room to spare
     free = shutil.disk_usage(scratch_dir).free
     if free < needed:
-        pytest.skip(f"{taps:,} taps need {needed / 2**30:.1f} GiB free; {scratch_dir} has "
-                    f"{free / 2**30:.1f} GiB (set CLEARING_BENCH_DIR)")  # fmt: skip
+        pytest.skip(
+            f"{taps:,} taps need {needed / 2**30:.1f} GiB free; {scratch_dir} has "
+            f"{free / 2**30:.1f} GiB (set CLEARING_BENCH_DIR)"
+        )
     day = Day(scratch_dir, taps)
     monkeypatch.setattr(runner, "compute_day", day.recording_compute_day)
     try:
@@ -285,7 +290,14 @@ def test_settlement(benchmark, day: Day):
     assert counts["parties"] == len(day.config.parties)
     assert all(result.manifest["invariants"].values()), result.manifest["invariants"]
     assert day.service.engine.days.settled[DAY.isoformat()][1] == result.manifest_sha256
-    seconds = watch.seconds[0]
+    # A run is tens of milliseconds at 1M taps: one run is mostly this VM's noise. The
+    # reruns do the same pass (a settled date is recomputed and checked against its
+    # recorded hash); the figure is the median of all the runs.
+    for _ in range(RERUNS):
+        _collect()
+        assert watch.time(lambda: day.settle(DAY), units=n) == result
+    seconds = statistics.median(watch.seconds)
+    first_seconds = watch.seconds[0]
 
     computed, peak = _traced_peak(lambda: day.compute(summariser("c")))
     assert computed.manifest_sha256 == result.manifest_sha256
@@ -298,7 +310,9 @@ def test_settlement(benchmark, day: Day):
     }
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     note = (
-        f"one run of Settlements.run({DAY}); {result.last_seq - result.first_seq + 1:,} entries "
+        f"median of {RERUNS + 1} runs of Settlements.run({DAY}) (the first, which journals "
+        f"the date settled, took {first_seconds:.3f} s); "
+        f"{result.last_seq - result.first_seq + 1:,} entries "
         f"{result.first_seq:,}..{result.last_seq:,}, {counts['taps']['ok']:,} OK taps, "
         f"{counts['payments']} payments, {counts['exceptions']} exceptions; "
         f"journal {mine['journal'] / MIB:,.0f} MiB (hot in the page cache); "
@@ -318,8 +332,10 @@ def _side_by_side_small(day: Day, seconds: float) -> list[Figure]:
     del compiled, python
     # The fixed cost of a run: D+1 holds only D's close and its SettledEntry.
     day.close_day(DAY + dt.timedelta(days=1))
-    empty, empty_seconds = _timed(lambda: day.settle(DAY + dt.timedelta(days=1)))
-    assert empty.manifest["counts"]["taps"]["taps"] == 0
+    runs = [_timed(lambda: day.settle(DAY + dt.timedelta(days=1))) for _ in range(RERUNS + 1)]
+    empty_seconds = statistics.median(seconds for _, seconds in runs)
+    assert runs[0][0].manifest["counts"]["taps"]["taps"] == 0
+    _results[n]["empty"] = empty_seconds
     m = millions(n)
     return [
         figure("settlement", f"settle {m}", seconds, "s"),
@@ -357,6 +373,20 @@ def _side_by_side_large(seconds: float) -> list[Figure]:
         # (compare "settle empty day", measured on the small day's D+1).
         fixed = (scale * one["seconds"] - seconds) / (scale - 1)
         figures.append(figure("settlement", "implied fixed cost of a run", fixed * 1e3, "ms"))
+        # The same ratio for the part of a run that depends on the taps: each time net of
+        # settling an empty day of the same city (figures, files and commit for 654 parties).
+        empty = one["empty"]
+        net = (one["seconds"] - empty) / ((seconds - empty) / scale)
+        figures.append(
+            Figure(
+                "settlement",
+                f"net of an empty day: t({m_small})/(t({m})/{scale:g})",
+                net,
+                "x",
+                f"{low:.2f}..{high:.2f}",
+                low <= net <= high,
+            )
+        )
         figures.append(
             figure("settlement", f"tracemalloc peak {m_small}", one["peak"] / MIB, "MiB")
         )

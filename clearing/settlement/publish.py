@@ -1,7 +1,7 @@
 """Settlement files on disk: written whole or not at all, and read back checked.
 
-A day's directory appears only once every file is written and synced and the
-journal has recorded the date as settled (they are staged beside it and
+A day's directory appears only once every file is written and the journal has
+recorded the date as settled (they are staged beside it and
 renamed into place), so a failed or interrupted run leaves nothing that looks
 final.
 """
@@ -47,18 +47,17 @@ def publish(root: str, computed: Computed, recorded_sha256: str) -> str:
 
 
 def stage(root: str, computed: Computed) -> None:
-    """Write every file beside the final directory (``<date>.partial``), synced."""
+    """Write every file beside the final directory (``<date>.partial``)."""
     partial = os.path.join(root, computed.business_date + ".partial")
     try:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
+        # No fsync: the files are derived. The journal holds the truth and their hash;
+        # files a crash left short fail that check on the next read and are rewritten.
         for name, data in sorted(computed.files.items()):
             with open(os.path.join(partial, name), "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        _fsync_dir(partial)
     except OSError as exc:
         raise SettlementError(f"cannot write the settlement files under {root}: {exc}") from exc
 
@@ -72,7 +71,6 @@ def promote(root: str, day: str) -> str:
             shutil.rmtree(replaced, ignore_errors=True)
             os.rename(final, replaced)
         os.rename(partial, final)
-        _fsync_dir(root)
         shutil.rmtree(replaced, ignore_errors=True)
     except OSError as exc:
         raise SettlementError(f"cannot put the settlement files in {final}: {exc}") from exc
@@ -90,14 +88,6 @@ def _holds(directory: str, wanted: dict[str, bytes]) -> bool:
     except OSError:
         return False
     return True
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_published(
