@@ -187,15 +187,16 @@ def _float_section(m: Mapping[str, Any]) -> str:
 
 def _top_parties(rows: list[SummaryRow]) -> str:
     def top(role: str, title: str) -> str:
-        ranked = sorted(
-            (r for r in rows if r.role == role), key=lambda r: (-r.gross_fen, r.party_id)
+        ranked = sorted(  # parties with no sales that day are not "top" of anything
+            (r for r in rows if r.role == role and r.gross_fen),
+            key=lambda r: (-r.gross_fen, r.party_id),
         )
         shown = [
             (n, r.party_id, _n(r.count), money(r.gross_fen), money(r.fee_fen), money(r.net_fen))
             for n, r in enumerate(ranked[:SETTLEMENT_TOP_PARTIES], 1)
         ]
         headers = ("#", "Party", "Taps", "Gross", "Fee", "Net")
-        body = _table(headers, shown, {0, 2, 3, 4, 5}) if shown else '<p class="note">None.</p>'
+        body = _table(headers, shown, {0, 2, 3, 4, 5}) if shown else '<p class="note">No sales on this day.</p>'
         return f"<div><h3>{_e(title)}</h3>{body}</div>"
 
     cols = top("MERCHANT", "Merchants 商户") + top("OPERATOR", "Operators 运营商")
