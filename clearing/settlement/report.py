@@ -196,7 +196,8 @@ def _top_parties(rows: list[SummaryRow]) -> str:
             for n, r in enumerate(ranked[:SETTLEMENT_TOP_PARTIES], 1)
         ]
         headers = ("#", "Party", "Taps", "Gross", "Fee", "Net")
-        body = _table(headers, shown, {0, 2, 3, 4, 5}) if shown else '<p class="note">No sales on this day.</p>'
+        none = '<p class="note">No sales on this day.</p>'
+        body = _table(headers, shown, {0, 2, 3, 4, 5}) if shown else none
         return f"<div><h3>{_e(title)}</h3>{body}</div>"
 
     cols = top("MERCHANT", "Merchants 商户") + top("OPERATOR", "Operators 运营商")
