@@ -17,6 +17,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 journal_app = typer.Typer(no_args_is_help=True, help="Journal tools for operators.")
 app.add_typer(journal_app, name="journal")
 
+
+def _add_loadgen() -> None:
+    """`clearing loadgen` is `python -m loadgen` (the same typer app)."""
+    from loadgen.cli import app as loadgen_app
+
+    app.add_typer(loadgen_app, name="loadgen")
+
+
+_add_loadgen()
+
 ConfigOption = Annotated[
     str | None, typer.Option("--config", "-c", help="TOML file (default: the demo city)")
 ]

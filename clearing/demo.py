@@ -2,15 +2,18 @@
 
 Starts `clearing serve` as a child process on loopback with a fresh data
 directory, plays a short story through gRPC (rides, a transfer, a discounted
-purchase, a bill, every rejection of SPEC §5, a lost card), streams a burst of
-validator batches, prints outcomes and balances, settles the day once the
-(manual) clock has passed its cutoff, stops the server with SIGTERM and
+purchase, a bill, every rejection of SPEC §5, a lost card), then a compressed
+city day through the load generator (``loadgen``: validators uploading
+offline batches, POS and billing taps, top-ups, losses, replacements) on a
+business day the server's manual clock follows, checks the server's totals
+against the answers, settles that day, stops the server with SIGTERM and
 verifies the journal offline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
 import signal
@@ -21,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clearing import democity as city
-from clearing.business_day import business_date_of
+from clearing.business_day import business_date_of, business_window_ms
 from clearing.client import (
     Stubs,
     bearer,
@@ -37,6 +40,7 @@ from clearing.codes import CardType, ChargedTo, TapStatus
 from clearing.config import SeedSettings, ServerSettings
 from clearing.demo_lost import lost_card_story
 from clearing.engine import seed_card_type
+from clearing.errors import ClearingError
 from clearing.settlement.text import cny
 from clearing.v1 import admin_pb2, cards_pb2, settlement_pb2
 
@@ -46,8 +50,9 @@ if not console.is_terminal:  # logs and CI: wide enough for the outcome table
 FIRST = SeedSettings().first_card_id
 HALL = city.principal_token("hall-1")
 AGENT = city.principal_token("agent-07")
-BURST_BATCHES = 200
-BURST_TAPS = 1_000
+CITY_DAY_SCALE = 4.0  # x the reference city's day: about 113,000 bus taps, 24,000 calls
+CITY_DAY_SECONDS = 30.0  # the day compressed into this
+CITY_DAY_AHEAD_DAYS = 10  # the city day is this many days after today (the clock only moves on)
 SERVER_START_SECONDS_MAX = 120.0
 
 
@@ -164,37 +169,6 @@ async def _balances(stubs: Stubs) -> None:
     console.print(table)
 
 
-async def _burst(stubs: Stubs) -> None:
-    """Stream validator batches the way a depot uploads a day of offline taps."""
-    now = int(time.time() * 1000)
-    terminal = Terminal(stubs, VALIDATOR_1 + 1)
-    metadata = bearer(city.terminal_token(terminal.id))
-
-    def batches():
-        for b in range(BURST_BATCHES):
-            taps = [
-                (
-                    FIRST + (b * BURST_TAPS + i) * 7 % city.CARD_COUNT,
-                    terminal.next_seq(),
-                    200,
-                    now - 3_600_000 + i,
-                    12,
-                )
-                for i in range(BURST_TAPS)
-            ]
-            yield signed_batch(terminal.id, terminal.key, taps)
-
-    started = time.perf_counter()
-    ok = 0
-    async for reply in stubs.taps.StreamTaps(batches(), metadata=metadata):
-        ok += sum(1 for r in unpack_results(reply) if r[0] == TapStatus.OK)
-    seconds = time.perf_counter() - started
-    console.print(
-        f"streamed {BURST_BATCHES} batches of {BURST_TAPS} taps: {ok} OK in {seconds:.2f} s "
-        f"({ok / seconds:,.0f} taps/s, durable)"
-    )
-
-
 async def _settle(stubs: Stubs, business_date: str) -> None:
     """The night's settlement of the demo's first day (the clock is a week on by now)."""
     reply = await stubs.settlement.RunSettlement(
@@ -229,34 +203,69 @@ async def _settle(stubs: Stubs, business_date: str) -> None:
     console.print(f"report for the finance team: {reply.output_dir}/report.html")
 
 
-async def _play(target: str, server: subprocess.Popen) -> None:
+async def _city_day(target: str, metrics_url: str, day: dt.date) -> None:
+    """A compressed city day through the load generator, on the server's business day."""
+    from loadgen.report import print_results
+    from loadgen.run import Options
+    from loadgen.session import Session
+
+    days = ServerSettings()
+    base_ms = business_window_ms(day, days.timezone, days.cutoff)[0]
+    console.print(
+        f"[bold]A city day[/] ({day}, {CITY_DAY_SCALE:g} x the reference city) "
+        f"compressed into {CITY_DAY_SECONDS:g} s, through the load generator"
+    )
+    opts = Options("day", CITY_DAY_SECONDS, drive_clock=True)
+    session = Session(
+        target,
+        city.demo_config(),
+        opts,
+        scale=CITY_DAY_SCALE,
+        seed=7,
+        metrics_url=metrics_url,
+        base_ms=base_ms,
+        console=console,
+    )
+    result = await session.run()
+    print_results(console, result)
+    if not result["check"]["passed"]:
+        raise ClearingError("the end-of-run check failed: see the problems above")
+
+
+async def _play(target: str, metrics_url: str, server: subprocess.Popen) -> None:
     await wait_serving(target, server, SERVER_START_SECONDS_MAX)
     days = ServerSettings()  # the demo city's business days
-    first_day = business_date_of(int(time.time() * 1000), days.timezone, days.cutoff).isoformat()
+    today = business_date_of(int(time.time() * 1000), days.timezone, days.cutoff)
+    city_day = today + dt.timedelta(days=CITY_DAY_AHEAD_DAYS)  # after the lost card's week
     async with channel(target) as chan:
         stubs = Stubs(chan)
         await _story(stubs)
         await _balances(stubs)
-        await _burst(stubs)
         await lost_card_story(stubs, Terminal, _row)  # it moves the clock a week on
-        await _settle(stubs, first_day)
+        await _city_day(target, metrics_url, city_day)
+        end_ms = business_window_ms(city_day, days.timezone, days.cutoff)[1]
+        await stubs.admin.SetClock(
+            admin_pb2.SetClockRequest(now_ms=end_ms + 1_000), metadata=bearer(city.ADMIN_TOKEN)
+        )
+        await _settle(stubs, city_day.isoformat())
 
 
 def run_demo(data_dir: str) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
     target = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     console.print(f"[bold]Starting the engine on the demo city[/] ({target}, data in {data_dir}/)")
     server = subprocess.Popen(
         serve_command(
             target,
-            f"127.0.0.1:{free_port()}",
+            metrics,
             data_dir=data_dir,
             manual_clock=True,  # so the demo can let a week pass for the replacement
         ),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        asyncio.run(_play(target, server))
+        asyncio.run(_play(target, f"http://{metrics}/metrics", server))
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=60)

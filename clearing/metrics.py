@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from clearing import tapsum_py as v
 from clearing.codes import TapStatus
 
 _LATENCY_BUCKETS_SECONDS = (
@@ -24,8 +25,16 @@ _LATENCY_BUCKETS_SECONDS = (
     5.0,
 )
 
-# count_statuses() index -> status label; index 0 counts duplicates.
+# The ``status`` labels of clearing_taps_total: resubmissions, then each fresh outcome.
 STATUS_LABELS = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
+
+
+def _status_counts(summary: Sequence[int]) -> list[int]:
+    """Fresh taps by status (TapStatus order) from a batch summary vector."""
+    return [
+        summary[v.OK_COUNT] if s == TapStatus.OK else summary[v.REJECTED + s]
+        for s in sorted(TapStatus)
+    ]
 
 
 class Metrics:
@@ -36,6 +45,12 @@ class Metrics:
             "clearing_taps",
             "Taps answered, by terminal class and outcome",
             ["terminal_class", "status"],
+            registry=r,
+        )
+        self.charged = Counter(
+            "clearing_tap_charged_fen",
+            "Σ charged_fen of applied taps (resubmissions not counted again), by payer",
+            ["terminal_class", "charged_to"],
             registry=r,
         )
         self.batches = Counter(
@@ -71,12 +86,17 @@ class Metrics:
         )
         self.serving = Gauge("clearing_serving", "1 while the server acknowledges work", registry=r)
         self._tap_children: dict[str, list] = {}
+        self._http = None  # the /metrics HTTP server, once serving
 
-    def observe_batch(self, terminal_class: str, counts: Sequence[int], seconds: float) -> None:
+    def observe_batch(self, terminal_class: str, summary: Sequence[int], seconds: float) -> None:
+        """``summary``: the batch's ``clearing.tapsum`` vector (counts and charged sums)."""
         children = self._tap_children.get(terminal_class)
         if children is None:
             children = [self.taps.labels(terminal_class, s) for s in STATUS_LABELS]
+            children += [self.charged.labels(terminal_class, to) for to in ("CARD", "ISSUER_LOSS")]
             self._tap_children[terminal_class] = children
+        counts = [summary[v.DUP_COUNT], *_status_counts(summary)]
+        counts += [summary[v.CARD_CHARGED], summary[v.LOSS_CHARGED]]
         for child, count in zip(children, counts, strict=True):
             if count:
                 child.inc(count)
@@ -93,4 +113,12 @@ class Metrics:
 
     def serve_http(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        self._http, _ = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=self.registry
+        )
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -1,3 +1,3 @@
-import sys
+from loadgen.cli import main
 
-sys.exit("loadgen: the city-day load generator is not built yet; try `clearing demo`")
+main()

@@ -121,6 +121,7 @@ class Server:
         if self.grpc is not None:
             await self.grpc.stop(grace_seconds)
         await self.service.stop()
+        self.metrics.stop_http()
         log.info("stopped", last_seq=self.service.engine.last_seq)
 
 

@@ -22,6 +22,7 @@ from clearing.metrics import Metrics
 from clearing.server.auth import authorize, rpc
 from clearing.server.status import to_status
 from clearing.service import Principal, Service
+from clearing.tapsum import summarise
 from clearing.v1 import taps_pb2, taps_pb2_grpc
 
 
@@ -108,11 +109,8 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
     def _reply(self, batch: taps_pb2.TapBatch, envelope, started: float) -> taps_pb2.TapBatchResult:
         body = envelope.body
         terminal = self.service.engine.registry.terminals[body.terminal_id]
-        self.metrics.observe_batch(
-            terminal.terminal_class,
-            self.service.engine.ledger.count_statuses(body.packed_results),
-            time.perf_counter() - started,
-        )
+        summary = summarise(body.packed_taps, body.packed_results, envelope.seq, 0, 0)
+        self.metrics.observe_batch(terminal.terminal_class, summary, time.perf_counter() - started)
         reply = taps_pb2.TapBatchResult(
             terminal_id=body.terminal_id,
             journal_seq=envelope.seq,
