@@ -40,8 +40,12 @@ class Session:
         metrics_url: str | None = None,
         base_ms: int | None = None,
         console: Console | None = None,
+        positions: bool = True,
     ) -> None:
+        """``positions``: ask the server (AdminService) where each terminal's sequence
+        numbers stand; off for a bare TapService, whose numbers then start at 1."""
         self.target, self.opts = target, opts
+        self.positions = positions
         self.city: City = city_of(config)
         self.scale, self.seed, self.batch_taps, self.sample = scale, seed, batch_taps, sample
         self.metrics_url = metrics_url
@@ -66,7 +70,7 @@ class Session:
         return results(tally, seconds, self.opts, verdict(tally, served, before, after))
 
     async def _plan(self, stubs: Stubs) -> DayPlan:
-        seq_base = await terminal_positions(stubs, self.city)
+        seq_base = await terminal_positions(stubs, self.city) if self.positions else {}
         base_ms = self.base_ms
         if base_ms is None:  # the whole day in the recent past: every tap is in time
             base_ms = int(time.time() * 1000) - DAY_MS - PAST_MARGIN_MS
