@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
 import shutil
 import tempfile
 import time
@@ -123,7 +124,8 @@ class City:
     # Checkpoints ------------------------------------------------------------------------------
 
     def drop_checkpoints(self) -> None:
-        env = lmdb.open(self.journal_dir, map_size=self.config.server.map_size_bytes, max_dbs=4)
+        path = os.path.join(self.journal_dir, "checkpoints")
+        env = lmdb.open(path, map_size=self.config.server.map_size_bytes, max_dbs=1)
         try:
             db = env.open_db(b"checkpoints", create=False)
             with env.begin(write=True) as txn:

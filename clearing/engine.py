@@ -16,6 +16,7 @@ import msgspec
 from clearing import cards
 from clearing.cardbook import CardBook, CardBookState
 from clearing.cards import CardRequest, Outcome
+from clearing.checkpoints import Checkpoint
 from clearing.codes import CardOpStatus, CardState, CardType
 from clearing.core import Ledger
 from clearing.days import BusinessDays, DaysState
@@ -35,7 +36,6 @@ from clearing.entries import (
     TransferEntry,
 )
 from clearing.errors import JournalCorrupt, RequestRejected
-from clearing.journal import Checkpoint
 from clearing.limits import REQUEST_ID_BYTES_MAX, TAP_BYTES
 from clearing.registry import Registry
 

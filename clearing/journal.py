@@ -1,12 +1,12 @@
 """Append-only LMDB journal with a hash chain, group commit and checkpoints.
 
-One LMDB environment, three named databases:
+One LMDB environment, two named databases:
 
 - ``journal``: key = seq (u64 BE), value = ``entries.encode(Envelope)``; never
   updated or deleted.
-- ``checkpoints``: key = seq, value = a ``Checkpoint`` of the derived state
-  after that entry; only the newest ``CHECKPOINTS_KEPT`` are kept.
-- ``meta``: format version.
+- ``meta``: format version, and the head (last seq and its chain hash).
+
+Checkpoints live apart, in ``<path>/checkpoints`` (``clearing.checkpoints``).
 
 Commits are durable (``sync=True, metasync=True``, no ``writemap``). Appends
 from the event loop are queued to one writer thread, which encodes, chains and
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
-import hmac
 import os
 import queue
 import struct
@@ -35,33 +33,13 @@ import lmdb
 import msgspec
 
 from clearing import entries
+from clearing.checkpoints import Checkpoint, CheckpointStore
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
-from clearing.limits import CHECKPOINTS_KEPT, GROUP_COMMIT_ENTRIES_MAX
+from clearing.limits import GROUP_COMMIT_ENTRIES_MAX
 
 FORMAT_VERSION = b"clearing-journal-2"  # 2: day closes, deposits in card operations
 _SEQ = struct.Struct(">Q")
-
-
-class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
-    seq: int
-    chain_hash: bytes  # chain hash of entry ``seq``: ties the state to the journal
-    implementation: str  # which ledger core wrote ``ledger``
-    ledger: bytes
-    engine: bytes
-    digest: bytes = b""  # of everything above: a damaged checkpoint is skipped, not served
-
-    def sealed(self) -> Checkpoint:
-        return msgspec.structs.replace(self, digest=checkpoint_digest(self))
-
-
-def checkpoint_digest(cp: Checkpoint) -> bytes:
-    h = hashlib.blake2b(digest_size=32)
-    h.update(_SEQ.pack(cp.seq) + cp.chain_hash + cp.implementation.encode() + b"\0")
-    h.update(_SEQ.pack(len(cp.ledger)))
-    h.update(cp.ledger)
-    h.update(cp.engine)
-    return h.digest()
 
 
 class _Head(msgspec.Struct, array_like=True, frozen=True):
@@ -74,8 +52,6 @@ class _Head(msgspec.Struct, array_like=True, frozen=True):
 
 
 _head_decoder = msgspec.msgpack.Decoder(_Head)
-_checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
-_encoder = msgspec.msgpack.Encoder()
 
 # Writer queue items: ("entry", seq, accepted_at_ms, body) or ("checkpoint", builder)
 _Item = tuple[Any, ...]
@@ -134,7 +110,9 @@ class Journal:
             self._release_lock()
             raise JournalError(f"cannot open the journal at {path}: {exc}") from exc
         self._entries = self._env.open_db(b"journal", create=not readonly)
-        self._checkpoints = self._env.open_db(b"checkpoints", create=not readonly)
+        self.checkpoints = CheckpointStore(
+            os.path.join(path, "checkpoints"), map_size_bytes, readonly=readonly
+        )
         self._meta = self._env.open_db(b"meta", create=not readonly)
         if not readonly:
             self._env.reader_check()  # clear reader slots left by killed processes
@@ -254,22 +232,7 @@ class Journal:
             return low
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        with self._env.begin(db=self._checkpoints) as txn:
-            cursor = txn.cursor()
-            found = cursor.last()
-            while found:
-                try:
-                    cp = _checkpoint_decoder.decode(cursor.value())
-                except msgspec.DecodeError:
-                    cp = None  # a damaged checkpoint only costs replay time
-                if (
-                    cp is not None
-                    and cp.seq <= self._head_seq
-                    and hmac.compare_digest(cp.digest, checkpoint_digest(cp))
-                ):
-                    return cp
-                found = cursor.prev()
-        return None
+        return self.checkpoints.latest(self._head_seq)
 
     # Writing (start-up and offline tools: synchronous) --------------------------
 
@@ -319,6 +282,7 @@ class Journal:
             self._queue.put(None)
             self._writer.join()
             self._writer = None
+        self.checkpoints.close()
         self._env.close()
         self._release_lock()
 
@@ -363,6 +327,7 @@ class Journal:
     def _commit(self, group: list[_Item]) -> None:
         """Write a group in one durable transaction; the chain moves only on success."""
         head_hash, head_seq = self._head_hash, self._committed_seq
+        checkpoints: list[Checkpoint] = []
         with self._env.begin(write=True) as txn:
             for item in group:
                 if item[0] == "entry":
@@ -374,20 +339,15 @@ class Journal:
                 else:
                     cp = item[1](head_hash)
                     if cp.seq == head_seq:  # only a state of exactly the last entry is true
-                        self._put_checkpoint(txn, cp.sealed())
+                        checkpoints.append(cp)
             last = [item[1] for item in group if item[0] == "entry"]
             if last:  # the head is recorded apart so that a damaged last entry shows
                 txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)
         self._head_hash, self._committed_seq = head_hash, head_seq
+        for cp in checkpoints:  # its entry is durable now: write it aside, in the background
+            self.checkpoints.submit(cp)
         if self._writer is None:  # the synchronous path moves the queued seq too
             self._head_seq = max([self._head_seq] + [i[1] for i in group if i[0] == "entry"])
-
-    def _put_checkpoint(self, txn: lmdb.Transaction, cp: Checkpoint) -> None:
-        txn.put(_SEQ.pack(cp.seq), _encoder.encode(cp), db=self._checkpoints)
-        cursor = txn.cursor(db=self._checkpoints)
-        keys = [bytes(k) for k in cursor.iternext(keys=True, values=False)]
-        for old in keys[:-CHECKPOINTS_KEPT]:
-            txn.delete(old, db=self._checkpoints)
 
     def _resolve(self, seqs: list[int], error: BaseException | None, seconds: float) -> None:
         if self._loop is None or not seqs:

@@ -57,7 +57,7 @@ CARD_HISTORY_ENTRIES_MAX = 1_000  # one dispute screen, not an export
 
 JOURNAL_MAP_SIZE_BYTES_DEFAULT = 64 * 2**30  # sparse on Linux; raise for years of data
 GROUP_COMMIT_ENTRIES_MAX = 256  # bounds one write transaction's size and latency
-CHECKPOINT_EVERY_TAPS = 2_000_000  # restart replays at most this many taps
+CHECKPOINT_EVERY_TAPS = 5_000_000  # restart replays at most this many taps (about 2 s here)
 CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
 
 MS_PER_SECOND = 1_000

@@ -1,13 +1,10 @@
 """A seeded model of one city day (SPEC §1): bus rides, shopping, bills, card ops.
 
-``plan_day`` turns a ``City`` into a ``DayPlan``. At ``scale=1.0`` it is the
-reference city's day: ~850,000 bus taps and 60,000 merchant payments a month,
-i.e. ~28,300 taps and 2,000 payments a day, bills at 5 % of payments, ~4,000
-top-ups, and a few lost cards. Everything is drawn with numpy in whole arrays
-so that a 10-million-tap day takes seconds, and from a seeded PCG64 so that
-the same arguments give the same plan byte for byte (runs are comparable).
-Big arrays cost more to allocate (page faults) than to compute, so the bus
-path draws each value once, by inverse CDF, and works in place where it can.
+``plan_day(scale=1.0)`` is the reference city's day (850,000 bus taps and 60,000
+merchant payments a month). Drawn with numpy in whole arrays, so a 10-million-tap
+day takes seconds, from seeded PCG64 streams, so the same arguments give the same
+plan byte for byte. Big arrays cost more to allocate than to compute: the bus path
+draws each value once, by inverse CDF, and sorts as little as it can.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ import numpy as np
 from numpy.random import PCG64, Generator, SeedSequence
 
 from clearing import limits
-from loadgen.city import City, Terminal
+from loadgen.city import City
 from loadgen.plan import CardOp, DayPlan, TapBatch
 
 # SPEC §9 canonical tap bytes, exactly limits.TAP_STRUCT records.
@@ -57,11 +54,8 @@ HALL_PROFILE = (0,) * 9 + (4, 5, 5, 3, 4, 5, 5, 4) + (0,) * 7  # 09-17
 AGENT_PROFILE = (0,) * 7 + (2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 4, 3) + (0,) * 2  # 07-22
 assert all(len(p) == 24 for p in (BUS_PROFILE, SHOP_PROFILE, HALL_PROFILE, AGENT_PROFILE))
 
-FARES_FEN = {
-    "op-bus-1": 200,
-    "op-bus-2": 200,
-    "op-bus-3": 300,
-}  # flat; the server applies concessions
+# Flat list fares: the server applies concessions and transfer discounts.
+FARES_FEN = {"op-bus-1": 200, "op-bus-2": 200, "op-bus-3": 300}
 DEFAULT_FARE_FEN = 200
 ROUTES_PER_OPERATOR = 10
 POS_LIST_FEN = (500, 20_000)
@@ -83,7 +77,19 @@ LOSS_REPLACE_GAP_MS = (10 * MINUTE_MS, 3 * HOUR_MS)
 NEW_CARDS_PER_SEED = 1_000_000  # replacement card ids: a disjoint block per seed % 1000
 
 CardPicker = Callable[[Generator, int], np.ndarray]
-Fen = np.ndarray | int | np.integer  # a column, or one value for all taps
+
+
+@dataclass(frozen=True)
+class _Day:
+    """What every part of the model needs besides its own random stream."""
+
+    city: City
+    scale: float
+    seed: int
+    base_ms: int
+    batch_taps: int
+    bases: Mapping[int, int]  # terminal id -> the last terminal_seq it used
+    pick_cards: CardPicker
 
 
 def plan_day(
@@ -98,9 +104,9 @@ def plan_day(
     """One city day; ``seq_base`` maps a terminal id to the last terminal_seq it used."""
     assert scale > 0 and batch_taps > 0
     bases = dict(seq_base or {})
+    day = _Day(city, scale, seed, base_ms, batch_taps, bases, _card_picker(city))
     # Independent streams: changing one part of the model leaves the others as they were.
     bus, upload, shop, ops = (Generator(PCG64(s)) for s in SeedSequence(seed).spawn(4))
-    pick_cards = _card_picker(city)
     plan = DayPlan(base_ms=base_ms)
     # Millions of small acyclic objects: the cycle collector would only rescan them.
     collecting = gc.isenabled()
@@ -108,12 +114,9 @@ def plan_day(
     try:
         if city.validators:
             net = _network(city)
-            counts, occurred, card = _bus_legs(bus, net, pick_cards, scale)
-            plan.validator_batches = _validator_batches(
-                upload, city, net, counts, occurred, card, base_ms, batch_taps, bases
-            )
-        plan.single_taps = _single_taps(shop, city, pick_cards, scale, base_ms, bases)
-        plan.card_ops = _card_ops(ops, city, pick_cards, scale, seed)
+            plan.validator_batches = _validator_batches(upload, day, net, _bus_legs(bus, day, net))
+        plan.single_taps = _single_taps(shop, day)
+        plan.card_ops = _card_ops(ops, day)
     finally:
         if collecting:
             gc.enable()
@@ -203,22 +206,20 @@ def _network(city: City) -> _Network:
     )
 
 
-def _bus_legs(
-    rng: Generator, net: _Network, pick_cards: CardPicker, scale: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _bus_legs(rng: Generator, day: _Day, net: _Network) -> tuple[np.ndarray, ...]:
     """Journeys, ~20 % with a transfer leg on a different route 5-80 min later.
 
     Returns taps per validator, then the taps' model times and cards grouped by
     validator and in time order within each: the order its validator numbers them.
     """
     routes = len(net.route_ids)
-    journeys = round(scale * BUS_TAPS_PER_DAY / (1 + TRANSFER_SHARE))
+    journeys = round(day.scale * BUS_TAPS_PER_DAY / (1 + TRANSFER_SHARE))
     # Journeys are interchangeable until their other fields are drawn: starting them in
     # time order makes the final (validator, time) ordering cheap.
     start = _times(rng, journeys, BUS_PROFILE, ascending=True)
     # A route in proportion to its buses, then a bus on it: any bus, uniformly.
     bus = rng.integers(0, len(net.route_of), size=journeys, dtype=np.int32)
-    card = pick_cards(rng, journeys)
+    card = day.pick_cards(rng, journeys)
     chosen = np.flatnonzero(rng.random(journeys) < TRANSFER_SHARE)
     if routes < 2:  # nowhere to transfer to
         chosen = chosen[:0]
@@ -241,7 +242,7 @@ def _bus_legs(
 
 
 def _pack(
-    card: np.ndarray, seq: np.ndarray, amount: Fen, occurred: np.ndarray, route: Fen
+    card: np.ndarray, seq: np.ndarray, amount: np.ndarray | int, occurred: np.ndarray, route: int
 ) -> bytes:
     out = np.empty(len(card), dtype=TAP_DTYPE)
     out["card"], out["seq"], out["list"] = card, seq, amount
@@ -250,18 +251,12 @@ def _pack(
 
 
 def _validator_batches(
-    rng: Generator,
-    city: City,
-    net: _Network,
-    counts: np.ndarray,
-    occurred: np.ndarray,
-    card: np.ndarray,
-    base_ms: int,
-    batch_taps: int,
-    bases: Mapping[int, int],
+    rng: Generator, day: _Day, net: _Network, legs: tuple[np.ndarray, ...]
 ) -> list[TapBatch]:
     """Offline uploads: per bus, a batch per depot visit or per ``batch_taps`` taps."""
-    nv = len(city.validators)
+    counts, occurred, card = legs
+    batch_taps, validators = day.batch_taps, day.city.validators
+    nv = len(validators)
     period = rng.integers(DEPOT_PERIOD_MS[0], DEPOT_PERIOD_MS[1] + 1, size=nv)
     first_depot = rng.integers(1, period + 1)
     late = set(rng.choice(nv, size=max(1, round(LATE_SHARE * nv)), replace=False).tolist())
@@ -276,17 +271,17 @@ def _validator_batches(
         for x, y in itertools.pairwise(cuts):
             spans += [(k, c, min(c + batch_taps, y)) for c in range(x, y, batch_taps)]
     delays = rng.integers(UPLOAD_DELAY_MS[0], UPLOAD_DELAY_MS[1] + 1, size=len(spans)).tolist()
-    batches = []
+    batches: list[TapBatch] = []
     for (k, a, b), delay in zip(spans, delays, strict=True):
-        tid, route = city.validators[k].terminal_id, int(net.route_of[k])
+        tid, route = validators[k].terminal_id, int(net.route_of[k])
         last = int(occurred[b - 1])
         send = max(LATE_SEND_MS, last) if k in late else min(last + delay, DAY_MS - 1)
-        seq = bases.get(tid, 0) + a - (ends[k] - int(counts[k])) + 1
-        seqs = np.arange(seq, seq + b - a)
-        packed = _pack(
-            card[a:b], seqs, net.fares[route], base_ms + occurred[a:b], net.route_ids[route]
-        )
-        batches.append(TapBatch(send, tid, packed))
+        if batches and batches[-1].terminal_id == tid:  # a bus uploads its batches in order
+            send = max(send, batches[-1].send_ms)
+        seq = day.bases.get(tid, 0) + a - (ends[k] - int(counts[k])) + 1  # a bus numbers its taps
+        fare, route_id = int(net.fares[route]), int(net.route_ids[route])
+        seqs, when = np.arange(seq, seq + b - a), day.base_ms + occurred[a:b]
+        batches.append(TapBatch(send, tid, _pack(card[a:b], seqs, fare, when, route_id)))
     batches.sort(key=lambda batch: (batch.send_ms, batch.terminal_id))  # stable: seq order kept
     return batches
 
@@ -297,19 +292,9 @@ def _log_uniform(rng: Generator, size: int, bounds: tuple[int, int], step: int) 
     return np.clip(np.rint(x / step).astype(np.int64) * step, bounds[0], bounds[1])
 
 
-def _seq_base(terminals: tuple[Terminal, ...], bases: Mapping[int, int]) -> np.ndarray:
-    return np.array([bases.get(t.terminal_id, 0) for t in terminals], dtype=np.int64)
-
-
-def _single_taps(
-    rng: Generator,
-    city: City,
-    pick_cards: CardPicker,
-    scale: float,
-    base_ms: int,
-    bases: Mapping[int, int],
-) -> list[TapBatch]:
+def _single_taps(rng: Generator, day: _Day) -> list[TapBatch]:
     """Online POS payments and bills: one tap per call, sent as it happens."""
+    city, scale = day.city, day.scale
     terminals = (*city.pos, *city.billing)
     n_pos = round(scale * POS_PER_DAY) if city.pos else 0
     n_bill = round(scale * POS_PER_DAY * BILLING_SHARE) if city.billing else 0
@@ -324,64 +309,59 @@ def _single_taps(
         (_log_uniform(rng, n_pos, POS_LIST_FEN, 10), _log_uniform(rng, n_bill, BILLING_LIST_FEN, 1))
     )
     occurred = _times(rng, n_pos + n_bill, SHOP_PROFILE)
-    card = pick_cards(rng, n_pos + n_bill)
+    card = day.pick_cards(rng, n_pos + n_bill)
     order = np.lexsort((occurred, terminal))
     terminal, occurred, card, amount = terminal[order], occurred[order], card[order], amount[order]
     # terminal_seq: base+1, base+2, ... per terminal, in time order
     firsts = np.searchsorted(terminal, np.arange(len(terminals)))
-    seq = _seq_base(terminals, bases)[terminal] + np.arange(len(terminal)) - firsts[terminal] + 1
-    packed = _pack(card, seq, amount, base_ms + occurred, 0)
+    base = np.array([day.bases.get(t.terminal_id, 0) for t in terminals], dtype=np.int64)
+    seq = base[terminal] + np.arange(len(terminal)) - firsts[terminal] + 1
+    packed = _pack(card, seq, amount, day.base_ms + occurred, 0)
     ids = np.array([t.terminal_id for t in terminals], dtype=np.int64)[terminal]
     by_send = np.lexsort((seq, ids, occurred)).tolist()
     sends, tids = occurred.tolist(), ids.tolist()
     return [TapBatch(sends[i], tids[i], packed[i * 36 : (i + 1) * 36]) for i in by_send]
 
 
-def _card_ops(
-    rng: Generator, city: City, pick_cards: CardPicker, scale: float, seed: int
-) -> list[CardOp]:
+def _card_ops(rng: Generator, day: _Day) -> list[CardOp]:
     """Loss reports (half replaced later that day) and top-ups, by send time."""
-    halls = [party for party, _ in city.halls]
-    draws = pick_cards(rng, 4 * max(2, round(2 * math.sqrt(scale))) + 16)
-    lost = draws[np.sort(np.unique(draws, return_index=True)[1])]  # distinct, in draw order
-    lost = lost[: max(2, round(2 * math.sqrt(scale)))].tolist()
+    city, halls = day.city, [party for party, _ in day.city.halls]
+    n_lost = max(2, round(2 * math.sqrt(day.scale)))
+    draws = day.pick_cards(rng, 4 * n_lost + 16)
+    lost = draws[np.sort(np.unique(draws, return_index=True)[1])][:n_lost].tolist()  # distinct
     lost_at = _times(rng, len(lost), HALL_PROFILE).tolist()
-    at = rng.integers(0, len(halls), size=2 * len(lost)).tolist()
-    ops = [CardOp(t, "ReportLoss", halls[h], c) for t, c, h in zip(lost_at, lost, at, strict=False)]
+    report_at = rng.integers(0, len(halls), size=len(lost)).tolist()
+    ops = [
+        CardOp(t, "ReportLoss", halls[h], c)
+        for t, c, h in zip(lost_at, lost, report_at, strict=True)
+    ]
+    replace_at = rng.integers(0, len(halls), size=len(lost) // 2).tolist()
     gaps = rng.integers(LOSS_REPLACE_GAP_MS[0], LOSS_REPLACE_GAP_MS[1] + 1, len(lost) // 2)
-    new_id = city.first_card_id + city.card_count + NEW_CARDS_PER_SEED * (seed % 1000)
-    for k, gap in enumerate(gaps.tolist()):
-        hall = halls[at[len(lost) + k]]
-        t = min(lost_at[k] + gap, DAY_MS - 1)
-        ops.append(CardOp(t, "ReplaceCard", hall, lost[k], new_card_id=new_id + k + 1))
-    ops.sort(key=lambda op: (op.send_ms, op.method, op.card_id))
-    topups = _topups(rng, city, pick_cards, scale, dict(zip(lost, lost_at, strict=True)))
-    # Merge: the few loss operations go before top-ups of the same ms.
+    new_id = city.first_card_id + city.card_count + NEW_CARDS_PER_SEED * (day.seed % 1000)
+    for k, (gap, h) in enumerate(zip(gaps.tolist(), replace_at, strict=True)):
+        when = min(lost_at[k] + gap, DAY_MS - 1)
+        ops.append(CardOp(when, "ReplaceCard", halls[h], lost[k], new_card_id=new_id + k + 1))
+    topups = _topups(rng, day, dict(zip(lost, lost_at, strict=True)))
+    # The few loss operations go in before top-ups of the same ms; inserting the latest
+    # first keeps the earlier positions valid.
     sends = [op.send_ms for op in topups]
-    merged: list[CardOp] = []
-    done = 0
-    for op in ops:
-        cut = bisect.bisect_left(sends, op.send_ms)
-        merged += topups[done:cut]
-        merged.append(op)
-        done = cut
-    return merged + topups[done:]
+    for op in sorted(ops, key=lambda op: (op.send_ms, op.method, op.card_id), reverse=True):
+        topups.insert(bisect.bisect_left(sends, op.send_ms), op)
+    return topups
 
 
-def _topups(
-    rng: Generator, city: City, pick_cards: CardPicker, scale: float, lost_at: dict[int, int]
-) -> list[CardOp]:
+def _topups(rng: Generator, day: _Day, lost_at: dict[int, int]) -> list[CardOp]:
     """30 % at halls, 70 % at agents; 1M+ at large scales, so sorted in numpy."""
-    halls = [party for party, _ in city.halls]
-    agents = [party for party, _ in city.agents] or halls
-    n = round(scale * TOPUPS_PER_DAY)
+    halls = [party for party, _ in day.city.halls]
+    agents = [party for party, _ in day.city.agents] or halls
+    n = round(day.scale * TOPUPS_PER_DAY)
     at_hall = rng.random(n) < HALL_TOPUP_SHARE
     when = np.where(at_hall, _times(rng, n, HALL_PROFILE), _times(rng, n, AGENT_PROFILE))
     channel = np.where(
         at_hall, rng.integers(0, len(halls), n), len(halls) + rng.integers(0, len(agents), n)
     )
     amount = rng.integers(TOPUP_HUNDREDS[0], TOPUP_HUNDREDS[1] + 1, size=n) * 100
-    card = pick_cards(rng, n)
+    card = day.pick_cards(rng, n)
     keep = np.ones(n, dtype=bool)
     for c, t in lost_at.items():  # a LOST card takes no top-ups (SPEC §6)
         keep &= (card != c) | (when < t)

@@ -1,0 +1,139 @@
+"""Checkpoints: the derived state after an entry, kept to shorten replay at start.
+
+They live in an LMDB environment of their own (``<journal>/checkpoints``),
+written by a thread of their own: a checkpoint is hundreds of MiB, and writing
+and syncing it inside the journal's environment would hold every commit (and
+so every answer) for seconds. The journal hands over a checkpoint only after
+the entry it describes is durably committed. A checkpoint that is torn, damaged
+or missing only costs replay time: each is sealed with a digest and checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import queue
+import struct
+import threading
+
+import lmdb
+import msgspec
+import structlog
+
+from clearing.limits import CHECKPOINTS_KEPT
+
+log = structlog.get_logger("clearing.checkpoints")
+_SEQ = struct.Struct(">Q")
+
+
+class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
+    seq: int
+    chain_hash: bytes  # chain hash of entry ``seq``: ties the state to the journal
+    implementation: str  # which ledger core wrote ``ledger``
+    ledger: bytes
+    engine: bytes
+    digest: bytes = b""  # of everything above: a damaged checkpoint is skipped, not served
+
+    def sealed(self) -> Checkpoint:
+        return msgspec.structs.replace(self, digest=checkpoint_digest(self))
+
+
+def checkpoint_digest(cp: Checkpoint) -> bytes:
+    h = hashlib.blake2b(digest_size=32)
+    h.update(_SEQ.pack(cp.seq) + cp.chain_hash + cp.implementation.encode() + b"\0")
+    h.update(_SEQ.pack(len(cp.ledger)))
+    h.update(cp.ledger)
+    h.update(cp.engine)
+    return h.digest()
+
+
+_decoder = msgspec.msgpack.Decoder(Checkpoint)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class CheckpointStore:
+    def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
+        self.path = path
+        self._env: lmdb.Environment | None = None
+        if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
+            return  # none written yet: nothing to read
+        os.makedirs(path, exist_ok=True)
+        self._env = lmdb.open(
+            path,
+            map_size=map_size_bytes,
+            subdir=True,
+            readonly=readonly,
+            sync=True,
+            metasync=True,
+            max_dbs=1,
+            lock=True,
+        )
+        self._db = self._env.open_db(b"checkpoints", create=not readonly)
+        if not readonly:
+            self._env.reader_check()  # reader slots left by killed processes
+        self._queue: queue.SimpleQueue[Checkpoint | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def latest(self, head_seq: int) -> Checkpoint | None:
+        """The newest sound checkpoint at or before ``head_seq``."""
+        if self._env is None:
+            return None
+        with self._env.begin(db=self._db) as txn:
+            cursor = txn.cursor()
+            found = cursor.last()
+            while found:
+                try:
+                    cp = _decoder.decode(cursor.value())
+                except msgspec.DecodeError:
+                    cp = None  # a damaged checkpoint only costs replay time
+                if (
+                    cp is not None
+                    and cp.seq <= head_seq
+                    and hmac.compare_digest(cp.digest, checkpoint_digest(cp))
+                ):
+                    return cp
+                found = cursor.prev()
+        return None
+
+    def submit(self, cp: Checkpoint) -> None:
+        """Queue a checkpoint of a durably committed entry; written in the background."""
+        assert self._env is not None, "a read-only journal takes no checkpoints"
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
+            self._thread.start()
+        self._queue.put(cp)
+
+    def _run(self) -> None:
+        while (cp := self._queue.get()) is not None:
+            while True:  # a newer checkpoint makes the queued older ones pointless
+                try:
+                    newer = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if newer is None:
+                    self._queue.put(None)  # stop after this one
+                    break
+                cp = newer
+            try:
+                self._write(cp.sealed())
+            except Exception as exc:  # costs replay time at the next start, nothing else
+                log.warning("checkpoint not written", seq=cp.seq, reason=repr(exc))
+
+    def _write(self, cp: Checkpoint) -> None:
+        assert self._env is not None
+        with self._env.begin(write=True, db=self._db) as txn:
+            txn.put(_SEQ.pack(cp.seq), _encoder.encode(cp))
+            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+            for old in keys[:-CHECKPOINTS_KEPT]:
+                txn.delete(old)
+
+    def close(self) -> None:
+        """Finish what is queued (a graceful stop's checkpoint), then close."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None
