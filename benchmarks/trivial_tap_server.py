@@ -31,8 +31,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from clearing.limits import GRPC_MESSAGE_BYTES_MAX, RESULT_BYTES, TAP_BYTES  # noqa: E402
-from clearing.v1 import taps_pb2, taps_pb2_grpc  # noqa: E402
+from clearing.limits import GRPC_MESSAGE_BYTES_MAX, RESULT_BYTES, TAP_BYTES
+from clearing.v1 import taps_pb2, taps_pb2_grpc
 
 OK = taps_pb2.TapResult.OK
 CARD = taps_pb2.TapResult.CARD

@@ -39,7 +39,7 @@ TRANSFER_SHARE = 0.20  # journeys with a second leg on another route
 TRANSFER_GAP_MS = (5 * MINUTE_MS, 80 * MINUTE_MS)  # inside the 90-minute window
 POS_PER_DAY = 2_000
 BILLING_SHARE = 0.05  # of merchant payments
-TOPUPS_PER_DAY = 4_000  # about what the cards spend, so the float stays roughly stable
+TOPUPS_PER_DAY = 2_500  # about what the cards spend after discounts: the float stays flat
 HALL_TOPUP_SHARE = 0.30  # the rest at agents
 
 # Relative activity by hour of day, 00..23: rush hours 07-09 and 17-19, quiet nights.

@@ -200,7 +200,7 @@ class Runner:
         self._side_pacers(started)
         end = started + self.opts.duration_s
         sent = 0
-        for batch in self.plan.validator_batches:
+        for batch in self._rate_batches():
             due = started + sent / self.opts.rate_taps_s
             if due >= end:
                 break
@@ -208,6 +208,23 @@ class Runner:
             self.tally.taps_offered += batch.count
             self._lane(batch.terminal_id).send(batch, due)
             sent += batch.count
+
+    def _rate_batches(self) -> list[TapBatch]:
+        """The batches of the busiest validators, in plan order: at least ``streams`` of
+        them, and as many more as the offered taps need. (A depot uploads for its buses
+        on a few long streams; a stream each for hundreds of buses costs the server more.)"""
+        counts: dict[int, int] = {}
+        for batch in self.plan.validator_batches:
+            counts[batch.terminal_id] = counts.get(batch.terminal_id, 0) + batch.count
+        needed = self.opts.rate_taps_s * self.opts.duration_s
+        chosen: set[int] = set()
+        planned = 0
+        for terminal_id in sorted(counts, key=lambda t: (-counts[t], t)):
+            if len(chosen) >= self.opts.streams and planned >= needed:
+                break
+            chosen.add(terminal_id)
+            planned += counts[terminal_id]
+        return [b for b in self.plan.validator_batches if b.terminal_id in chosen]
 
     def _side_pacers(self, started: float) -> None:
         end = started + self.opts.duration_s

@@ -182,7 +182,7 @@ def test_card_ops_use_valid_channels_and_amounts(city: City, plan: DayPlan) -> N
     halls = {party for party, _ in city.halls}
     agents = {party for party, _ in city.agents}
     topups = [op for op in plan.card_ops if op.method == "TopUp"]
-    assert 3_900 < len(topups) <= 4_000
+    assert 2_400 < len(topups) <= 2_500
     for op in topups:
         assert op.channel in halls | agents
         assert 2_000 <= op.amount_fen <= 10_000 and op.amount_fen % 100 == 0
