@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 
@@ -91,6 +92,8 @@ class Server:
         self.port = self.grpc.add_insecure_port(listen or self.config.server.listen)
         await self.grpc.start()
         await self.service.start()
+        gc.collect()
+        gc.freeze()  # what replay built lives as long as the server: no GC pass rescans it
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)
         log.info("serving", port=self.port, last_seq=self.service.engine.last_seq)
