@@ -48,6 +48,23 @@ def checkpoint_digest(cp: Checkpoint) -> bytes:
     return h.digest()
 
 
+def open_durable(
+    path: str, map_size_bytes: int, *, readonly: bool, max_dbs: int
+) -> lmdb.Environment:
+    """An LMDB environment whose every commit is fsync'd (data and meta), no writemap."""
+    return lmdb.open(
+        path,
+        map_size=map_size_bytes,
+        subdir=True,
+        readonly=readonly,
+        sync=True,
+        metasync=True,
+        writemap=False,
+        max_dbs=max_dbs,
+        lock=True,
+    )
+
+
 _decoder = msgspec.msgpack.Decoder(Checkpoint)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -59,16 +76,7 @@ class CheckpointStore:
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             return  # none written yet: nothing to read
         os.makedirs(path, exist_ok=True)
-        self._env = lmdb.open(
-            path,
-            map_size=map_size_bytes,
-            subdir=True,
-            readonly=readonly,
-            sync=True,
-            metasync=True,
-            max_dbs=1,
-            lock=True,
-        )
+        self._env = open_durable(path, map_size_bytes, readonly=readonly, max_dbs=1)
         self._db = self._env.open_db(b"checkpoints", create=not readonly)
         if not readonly:
             self._env.reader_check()  # reader slots left by killed processes

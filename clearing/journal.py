@@ -33,7 +33,7 @@ import lmdb
 import msgspec
 
 from clearing import entries
-from clearing.checkpoints import Checkpoint, CheckpointStore
+from clearing.checkpoints import Checkpoint, CheckpointStore, open_durable
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
 from clearing.limits import GROUP_COMMIT_ENTRIES_MAX
@@ -95,17 +95,7 @@ class Journal:
         elif not os.path.exists(os.path.join(path, "data.mdb")):
             raise JournalError(f"no journal at {path}: check the data directory")
         try:
-            self._env = lmdb.open(
-                path,
-                map_size=map_size_bytes,
-                subdir=True,
-                readonly=readonly,
-                sync=True,
-                metasync=True,
-                writemap=False,
-                max_dbs=4,
-                lock=True,
-            )
+            self._env = open_durable(path, map_size_bytes, readonly=readonly, max_dbs=4)
         except lmdb.Error as exc:
             self._release_lock()
             raise JournalError(f"cannot open the journal at {path}: {exc}") from exc
