@@ -78,6 +78,9 @@ class Metrics:
         self.journal_size = Gauge(
             "clearing_journal_size_bytes", "Bytes of the journal's LMDB file in use", registry=r
         )
+        self.float_fen = Gauge(
+            "clearing_float_fen", "Σ card balances: the float the card company holds", registry=r
+        )
         self.card_ops = Counter(
             "clearing_card_operations",
             "Card operations answered",
@@ -110,6 +113,9 @@ class Metrics:
 
     def watch_journal_size(self, size_bytes: Callable[[], int]) -> None:
         self.journal_size.set_function(size_bytes)
+
+    def watch_float(self, float_fen: Callable[[], int]) -> None:
+        self.float_fen.set_function(float_fen)
 
     def serve_http(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")

@@ -28,7 +28,7 @@ from clearing.server.taps import batch_mac
 from clearing.v1 import admin_pb2, cards_pb2, taps_pb2
 from loadgen.city import City, Terminal
 from loadgen.plan import CardOp, DayPlan, TapBatch
-from loadgen.tally import Tally
+from loadgen.tally import LATENCY_US_MAX, Tally
 
 DAY_MS = 86_400_000
 CLOCK_LEAD_MS = 60_000  # day mode: the server clock runs this far ahead of the plan
@@ -48,6 +48,12 @@ class Options(NamedTuple):
     pos_rate: float = 0.0
     ops_rate: float = 0.0
     drive_clock: bool = False
+
+
+def latency_us(due: float) -> int:
+    """Microseconds since ``due``, clamped to what the histograms hold (an answer
+    later than that still counts, as the slowest)."""
+    return min(LATENCY_US_MAX, max(1, int((time.perf_counter() - due) * 1e6)))
 
 
 def signed(terminal: Terminal, batch: TapBatch) -> taps_pb2.TapBatch:
@@ -115,7 +121,7 @@ class Runner:
     # Answers ----------------------------------------------------------------------------
 
     def answered(self, batch: TapBatch, reply: taps_pb2.TapBatchResult, due: float) -> None:
-        self.tally.batch_latency.record_value(max(1, int((time.perf_counter() - due) * 1e6)))
+        self.tally.batch_latency.record_value(latency_us(due))
         self.tally.batch(batch.packed_taps, reply.packed_results, reply.journal_seq)
 
     def _spawn(self, coro) -> None:
@@ -134,7 +140,7 @@ class Runner:
         except grpc.aio.AioRpcError as exc:
             self.tally.failed(exc.code().name, batch.count, exc.details() or "")
             return
-        self.tally.single_latency.record_value(max(1, int((time.perf_counter() - due) * 1e6)))
+        self.tally.single_latency.record_value(latency_us(due))
         self.tally.batch(batch.packed_taps, reply.packed_results, reply.journal_seq)
 
     async def _card_op(self, index: int, op: CardOp) -> None:
@@ -164,9 +170,9 @@ class Runner:
             call = getattr(cards, op.method)
             reply = await call(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
             self.tally.card_ops[f"{op.method}:{cards_pb2.CardReply.Status.Name(reply.status)}"] += 1
-        except grpc.aio.AioRpcError as exc:
-            self.tally.errors[exc.code().name] += 1
-            self.tally.error_details.setdefault(exc.code().name, exc.details())
+        except grpc.aio.AioRpcError as exc:  # applied or not: that card's balance is unknown
+            self.tally.failed(exc.code().name, 0, exc.details() or "")
+            self.tally.uncertain_cards.add(op.card_id)
 
     def _lane(self, terminal_id: int) -> Lane:
         lane = self.lanes.get(terminal_id)
@@ -187,8 +193,10 @@ class Runner:
             await self._the_day(started)
         for lane in self.lanes.values():
             await lane.close()
-        if self.tasks:
-            await asyncio.gather(*self.tasks)
+        while self.tasks:  # pacers may still be spawning: wait until nothing is left
+            for outcome in await asyncio.gather(*list(self.tasks), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    self.tally.failed(type(outcome).__name__, 0, repr(outcome))
         return time.perf_counter() - started
 
     async def _until(self, due: float) -> None:
@@ -320,7 +328,8 @@ class Runner:
         """Keep the server's manual clock just ahead of the plan (a minute of model time)."""
         if send_ms < self.clock_model_ms:
             return
-        self.clock_model_ms = send_ms + CLOCK_LEAD_MS
+        # Never past the day's end while it is being sent: late uploads belong to this day.
+        self.clock_model_ms = min(send_ms + CLOCK_LEAD_MS, DAY_MS - 1)
         await self.stubs.admin.SetClock(
             admin_pb2.SetClockRequest(now_ms=self.plan.base_ms + self.clock_model_ms),
             metadata=bearer(self.city.admin_token),

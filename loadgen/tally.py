@@ -57,6 +57,9 @@ class Tally:
         self.card_ops: Counter[str] = Counter()  # "TopUp:OK" ...
         self.batch_latency = histogram()
         self.single_latency = histogram()
+        self.uncertain_cards: set[int] = set()  # in card operations that failed
+        self.topups_fen = 0  # Σ answered OK top-ups, every card
+        self.bad_results = 0  # answers that contradict themselves (the summariser's BAD)
         self.sampled_set = frozenset(sampled_cards)
         self.sampled = np.array(sorted(sampled_cards), dtype=np.uint64)
         self.card_delta_fen: Counter[int] = Counter()  # sampled card -> expected change
@@ -72,6 +75,7 @@ class Tally:
                 by_status[status.name] += summary[v.REJECTED + status]
         self.charged_fen["CARD"] += summary[v.CARD_CHARGED]
         self.charged_fen["ISSUER_LOSS"] += summary[v.LOSS_CHARGED]
+        self.bad_results += summary[v.BAD]
         self.taps_answered += len(packed_results) // RESULT_DTYPE.itemsize
         if len(self.sampled):
             self._follow_sampled(packed_taps, packed_results)
@@ -92,6 +96,8 @@ class Tally:
 
     def top_up(self, card_id: int, status: str, amount_fen: int) -> None:
         self.card_ops[f"TopUp:{status}"] += 1
+        if status == "OK":
+            self.topups_fen += amount_fen
         if status == "OK" and card_id in self.sampled_set:
             self.card_delta_fen[card_id] += amount_fen
 

@@ -112,3 +112,20 @@ async def test_a_balance_changed_without_an_answer_fails_the_check(served, monke
     result = await session(served, Options("max", 0.5, streams=1, window=2)).run()
     assert not result["check"]["passed"]
     assert any("expected" in p and "card ****" in p for p in result["check"]["problems"])
+
+
+async def test_a_tap_the_engine_drops_on_any_card_fails_the_float_check(served, monkeypatch):
+    server = served[0]
+    run = Runner.run
+
+    async def run_then_undo_a_charge(self):
+        seconds = await run(self)
+        card = self.city.first_card_id + self.city.card_count - 1  # not in the sample
+        assert card not in self.tally.sampled_set
+        server.service.engine.ledger.adjust_balance(card, 200)  # a ride "forgotten"
+        return seconds
+
+    monkeypatch.setattr(Runner, "run", run_then_undo_a_charge)
+    result = await session(served, Options("max", 0.5, streams=1, window=2)).run()
+    assert not result["check"]["passed"]
+    assert any(p.startswith("float (Σ card balances) moved") for p in result["check"]["problems"])

@@ -104,6 +104,8 @@ class Server:
         journal.on_commit = self.metrics.observe_commit
         journal.on_failure = self._storage_failed
         self.metrics.watch_journal_size(journal.size_bytes)
+        # Read at scrape time (under the GIL, between engine calls); O(cards) in the core.
+        self.metrics.watch_float(lambda: self.service.engine.ledger.total_balance_fen())
         self.metrics.journal_seq.set(journal.last_seq)
 
     def _storage_failed(self, message: str) -> None:
