@@ -73,20 +73,52 @@ class CheckpointStore:
     def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
         self.path = path
         self._env: lmdb.Environment | None = None
+        self._queue: queue.SimpleQueue[Checkpoint | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             return  # none written yet: nothing to read
-        os.makedirs(path, exist_ok=True)
-        self._env = open_durable(path, map_size_bytes, readonly=readonly, max_dbs=1)
+        try:
+            self._open(map_size_bytes, readonly)
+        except lmdb.Error as exc:  # damaged: costs a full replay, never the start
+            log.warning("checkpoint store unusable", path=path, reason=repr(exc))
+            self._env = None
+            if not readonly:
+                os.replace(path, f"{path}.damaged-{os.getpid()}")
+                self._open(map_size_bytes, readonly)
+
+    def _open(self, map_size_bytes: int, readonly: bool) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        self._env = open_durable(self.path, map_size_bytes, readonly=readonly, max_dbs=1)
         self._db = self._env.open_db(b"checkpoints", create=not readonly)
         if not readonly:
             self._env.reader_check()  # reader slots left by killed processes
-        self._queue: queue.SimpleQueue[Checkpoint | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+
+    def drop_after(self, head_seq: int) -> None:
+        """Forget checkpoints of entries the journal does not hold (a journal reset or
+        restored apart from them): they would never be used, nor pruned."""
+        if self._env is None:
+            return
+        with self._env.begin(write=True, db=self._db) as txn:
+            stale = [
+                bytes(k)
+                for k in txn.cursor().iternext(keys=True, values=False)
+                if _SEQ.unpack(k)[0] > head_seq
+            ]
+            for key in stale:
+                txn.delete(key)
 
     def latest(self, head_seq: int) -> Checkpoint | None:
         """The newest sound checkpoint at or before ``head_seq``."""
         if self._env is None:
             return None
+        try:
+            return self._latest(head_seq)
+        except lmdb.Error as exc:
+            log.warning("checkpoints unreadable: full replay", reason=repr(exc))
+            return None
+
+    def _latest(self, head_seq: int) -> Checkpoint | None:
+        assert self._env is not None
         with self._env.begin(db=self._db) as txn:
             cursor = txn.cursor()
             found = cursor.last()

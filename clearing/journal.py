@@ -31,6 +31,7 @@ from typing import Any
 
 import lmdb
 import msgspec
+import structlog
 
 from clearing import entries
 from clearing.checkpoints import Checkpoint, CheckpointStore, open_durable
@@ -38,6 +39,7 @@ from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
 from clearing.limits import GROUP_COMMIT_ENTRIES_MAX
 
+log = structlog.get_logger("clearing.journal")
 FORMAT_VERSION = b"clearing-journal-2"  # 2: day closes, deposits in card operations
 _SEQ = struct.Struct(">Q")
 
@@ -108,6 +110,8 @@ class Journal:
             self._env.reader_check()  # clear reader slots left by killed processes
             self._check_format()
         self._head_hash, self._head_seq = self._read_head()
+        if not readonly:
+            self.checkpoints.drop_after(self._head_seq)
         self._committed_seq = self._head_seq  # the seq ``_head_hash`` belongs to
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -224,6 +228,12 @@ class Journal:
     def latest_checkpoint(self) -> Checkpoint | None:
         return self.checkpoints.latest(self._head_seq)
 
+    def chain_hash_at(self, seq: int) -> bytes | None:
+        """The chain hash of entry ``seq`` (None when there is no such entry)."""
+        with self._env.begin(db=self._entries, buffers=True) as txn:
+            value = txn.get(_SEQ.pack(seq))
+            return None if value is None else entries.chain_hash(value)
+
     # Writing (start-up and offline tools: synchronous) --------------------------
 
     def append_now(self, seq: int, accepted_at_ms: int, body: entries.Body) -> None:
@@ -335,7 +345,10 @@ class Journal:
                 txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)
         self._head_hash, self._committed_seq = head_hash, head_seq
         for cp in checkpoints:  # its entry is durable now: write it aside, in the background
-            self.checkpoints.submit(cp)
+            try:
+                self.checkpoints.submit(cp)
+            except Exception as exc:  # a missed checkpoint costs replay time, nothing else
+                log.warning("checkpoint not queued", seq=cp.seq, reason=repr(exc))
         if self._writer is None:  # the synchronous path moves the queued seq too
             self._head_seq = max([self._head_seq] + [i[1] for i in group if i[0] == "entry"])
 

@@ -59,6 +59,9 @@ def load_engine(journal: Journal, new_engine: Callable[[], Engine]) -> tuple[Eng
     """
     engine = new_engine()
     cp = journal.latest_checkpoint()
+    if cp is not None and journal.chain_hash_at(cp.seq) != cp.chain_hash:
+        log.warning("checkpoint of another journal: full replay", seq=cp.seq)
+        cp = None
     base = 0
     if cp is not None:
         try:
