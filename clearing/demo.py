@@ -253,7 +253,9 @@ async def _play(target: str, metrics_url: str, server: subprocess.Popen) -> None
 def run_demo(data_dir: str) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
     target = f"127.0.0.1:{free_port()}"
-    metrics = f"127.0.0.1:{free_port()}"
+    metrics = target
+    while metrics == target:  # two free ports, not the same one twice
+        metrics = f"127.0.0.1:{free_port()}"
     console.print(f"[bold]Starting the engine on the demo city[/] ({target}, data in {data_dir}/)")
     server = subprocess.Popen(
         serve_command(
