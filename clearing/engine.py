@@ -314,10 +314,8 @@ class Engine:
 
     # Checkpoints ---------------------------------------------------------------
 
-    def checkpoint_builder(self):
-        """Capture the state now; the writer adds the chain hash once it is known."""
-        seq, implementation = self.last_seq, self.ledger.implementation
-        ledger_blob = self.ledger.snapshot()
+    def checkpoint_blobs(self) -> tuple[bytes, bytes]:
+        """(ledger core snapshot, engine state) of this instant, for a checkpoint."""
         engine_blob = msgspec.msgpack.encode(
             EngineState(
                 self.last_seq,
@@ -328,6 +326,15 @@ class Engine:
                 self.days.state(),
             )
         )
+        return self.ledger.snapshot(), engine_blob
+
+    def checkpoint_builder(self):
+        """Capture the state now; the writer adds the chain hash once it is known.
+
+        (The service forks instead, see ``clearing.checkpoints.forked_builder``: a
+        copy of hundreds of MiB here would stop the event loop.)"""
+        seq, implementation = self.last_seq, self.ledger.implementation
+        ledger_blob, engine_blob = self.checkpoint_blobs()
         self.taps_since_checkpoint = 0
 
         def build(chain_hash: bytes) -> Checkpoint:

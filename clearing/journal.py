@@ -34,10 +34,10 @@ import msgspec
 import structlog
 
 from clearing import entries
-from clearing.checkpoints import Checkpoint, CheckpointStore, open_durable
+from clearing.checkpoints import Checkpoint, CheckpointStore, Pending, discard, open_durable
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
-from clearing.limits import GROUP_COMMIT_ENTRIES_MAX
+from clearing.limits import GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
 
 log = structlog.get_logger("clearing.journal")
 FORMAT_VERSION = b"clearing-journal-2"  # 2: day closes, deposits in card operations
@@ -73,17 +73,26 @@ def storage_message(exc: BaseException, map_size_bytes: int) -> str:
 
 
 def _take_writer_lock(path: str) -> int:
-    """One writing process per journal: a second writer would fork the hash chain."""
+    """One writing process per journal: a second writer would fork the hash chain.
+
+    Waits a little: a killed server's checkpoint child holds the lock it inherited
+    until it has written its file (a second or two).
+    """
     fd = os.open(os.path.join(path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline = time.monotonic() + WRITER_LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
         os.close(fd)
         raise JournalError(
             f"another process is writing the journal at {path} (a running server?): "
             "stop it first, or ask the server (SettlementService for settlement)"
         ) from None
-    return fd
 
 
 class Journal:
@@ -327,7 +336,7 @@ class Journal:
     def _commit(self, group: list[_Item]) -> None:
         """Write a group in one durable transaction; the chain moves only on success."""
         head_hash, head_seq = self._head_hash, self._committed_seq
-        checkpoints: list[Checkpoint] = []
+        checkpoints: list[Pending] = []
         with self._env.begin(write=True) as txn:
             for item in group:
                 if item[0] == "entry":
@@ -340,6 +349,8 @@ class Journal:
                     cp = item[1](head_hash)
                     if cp.seq == head_seq:  # only a state of exactly the last entry is true
                         checkpoints.append(cp)
+                    else:
+                        discard(cp)
             last = [item[1] for item in group if item[0] == "entry"]
             if last:  # the head is recorded apart so that a damaged last entry shows
                 txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)

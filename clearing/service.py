@@ -16,6 +16,7 @@ import structlog
 
 from clearing import entries
 from clearing.cards import CardRequest
+from clearing.checkpoints import forked_builder
 from clearing.clock import ManualClock, SystemClock
 from clearing.codes import CardOpStatus
 from clearing.config import Config, token_digest
@@ -174,7 +175,7 @@ class Service:
             if self.journal.failure is None and self.fault is None:
                 await self.journal.wait_durable()
                 if self.engine.taps_since_checkpoint:
-                    self.journal.append_checkpoint(self.engine.checkpoint_builder())
+                    self.journal.append_checkpoint(self._checkpoint_builder())
         finally:
             self.journal.close()
 
@@ -234,6 +235,10 @@ class Service:
                 env = self._apply(self.engine.transfer, due[0][0], now_ms)
             self._append(env).add_done_callback(_ignore_result)
 
+    def _checkpoint_builder(self):
+        """A checkpoint of this instant, written by a forked child (see clearing.checkpoints)."""
+        return forked_builder(self.engine, self.journal.checkpoints.path)
+
     def _append(self, env: Envelope) -> asyncio.Future[Envelope]:
         """Queue an entry just applied, so the journal keeps the engine's order.
 
@@ -243,7 +248,7 @@ class Service:
         deny_version = self.engine.book.deny.version  # as of this entry
         committed = self.journal.append(env.seq, env.accepted_at_ms, env.body)
         if self.engine.taps_since_checkpoint >= CHECKPOINT_EVERY_TAPS:
-            self.journal.append_checkpoint(self.engine.checkpoint_builder())
+            self.journal.append_checkpoint(self._checkpoint_builder())
         durable = asyncio.ensure_future(self._durable(env, committed, deny_version))
         return asyncio.shield(durable)  # a cancelled caller leaves the bookkeeping running
 
