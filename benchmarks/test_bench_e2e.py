@@ -293,6 +293,8 @@ class Run:
     @property
     def ok(self) -> bool:
         check = self.result.get("check")
+        if not self.engine:  # the trivial server's canned answers are not a clearing's
+            return not self.result.get("errors")
         return not self.result.get("errors") and (check is None or check["passed"])
 
     def problems(self) -> str:
