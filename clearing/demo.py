@@ -169,7 +169,7 @@ async def _balances(stubs: Stubs) -> None:
     console.print(table)
 
 
-async def _settle(stubs: Stubs, business_date: str) -> None:
+async def _settle(stubs: Stubs, business_date: str) -> int:
     """The night's settlement of the demo's first day (the clock is a week on by now)."""
     reply = await stubs.settlement.RunSettlement(
         settlement_pb2.SettlementRequest(business_date=business_date),
@@ -201,9 +201,10 @@ async def _settle(stubs: Stubs, business_date: str) -> None:
         f"{reply.exception_count} exception rows"
     )
     console.print(f"report for the finance team: {reply.output_dir}/report.html")
+    return reply.tap_count
 
 
-async def _city_day(target: str, metrics_url: str, day: dt.date) -> None:
+async def _city_day(target: str, metrics_url: str, day: dt.date) -> int:
     """A compressed city day through the load generator, on the server's business day."""
     from loadgen.report import print_results
     from loadgen.run import Options
@@ -230,6 +231,7 @@ async def _city_day(target: str, metrics_url: str, day: dt.date) -> None:
     print_results(console, result)
     if not result["check"]["passed"]:
         raise ClearingError("the end-of-run check failed: see the problems above")
+    return result["taps_answered"]
 
 
 async def _play(target: str, metrics_url: str, server: subprocess.Popen) -> None:
@@ -242,12 +244,14 @@ async def _play(target: str, metrics_url: str, server: subprocess.Popen) -> None
         await _story(stubs)
         await _balances(stubs)
         await lost_card_story(stubs, Terminal, _row)  # it moves the clock a week on
-        await _city_day(target, metrics_url, city_day)
+        answered = await _city_day(target, metrics_url, city_day)
         end_ms = business_window_ms(city_day, days.timezone, days.cutoff)[1]
         await stubs.admin.SetClock(
             admin_pb2.SetClockRequest(now_ms=end_ms + 1_000), metadata=bearer(city.ADMIN_TOKEN)
         )
-        await _settle(stubs, city_day.isoformat())
+        settled = await _settle(stubs, city_day.isoformat())
+        if settled != answered:  # every tap of the city day belongs to that business day
+            raise ClearingError(f"the settlement counts {settled} taps, the day sent {answered}")
 
 
 def run_demo(data_dir: str) -> None:

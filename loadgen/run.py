@@ -32,6 +32,7 @@ from loadgen.tally import LATENCY_US_MAX, Tally
 
 DAY_MS = 86_400_000
 CLOCK_LEAD_MS = 60_000  # day mode: the server clock runs this far ahead of the plan
+CLOCK_END_MARGIN_MS = 60_000  # ... but stops this far before the day's end
 CALL_TIMEOUT_S = 30.0
 # Unary calls in flight on the channel at once. Beyond a few hundred on one HTTP/2
 # connection the server answers the excess CANCELLED; real terminals are many clients
@@ -328,8 +329,9 @@ class Runner:
         """Keep the server's manual clock just ahead of the plan (a minute of model time)."""
         if send_ms < self.clock_model_ms:
             return
-        # Never past the day's end while it is being sent: late uploads belong to this day.
-        self.clock_model_ms = min(send_ms + CLOCK_LEAD_MS, DAY_MS - 1)
+        # Never past the day's end while it is being sent: late uploads belong to this day
+        # (and stamps of entries sent in one millisecond run ahead of the clock: margin).
+        self.clock_model_ms = min(send_ms + CLOCK_LEAD_MS, DAY_MS - CLOCK_END_MARGIN_MS)
         await self.stubs.admin.SetClock(
             admin_pb2.SetClockRequest(now_ms=self.plan.base_ms + self.clock_model_ms),
             metadata=bearer(self.city.admin_token),
