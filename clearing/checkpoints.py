@@ -116,6 +116,9 @@ def forked_builder(engine, directory: str):
     if pid == 0:  # the child: a frozen image of this instant; nothing here may block
         code = 1
         try:
+            # Let go of the parent's sockets, journal and writer lock at once: a killed
+            # server's port and lock must not wait for this child.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             ledger_blob, engine_blob = engine.checkpoint_blobs()
             with open(path, "wb") as f:
                 f.write(_SEQ.pack(len(ledger_blob)))

@@ -175,7 +175,7 @@ class Service:
             if self.journal.failure is None and self.fault is None:
                 await self.journal.wait_durable()
                 if self.engine.taps_since_checkpoint:
-                    self.journal.append_checkpoint(self._checkpoint_builder())
+                    self._checkpoint()
         finally:
             self.journal.close()
 
@@ -235,9 +235,16 @@ class Service:
                 env = self._apply(self.engine.transfer, due[0][0], now_ms)
             self._append(env).add_done_callback(_ignore_result)
 
-    def _checkpoint_builder(self):
-        """A checkpoint of this instant, written by a forked child (see clearing.checkpoints)."""
-        return forked_builder(self.engine, self.journal.checkpoints.path)
+    def _checkpoint(self) -> None:
+        """Queue a checkpoint of this instant, written by a forked child (see
+        clearing.checkpoints). One that cannot be taken costs replay time, nothing else."""
+        try:
+            build = forked_builder(self.engine, self.journal.checkpoints.path)
+        except OSError as exc:  # e.g. no memory to fork: try again after the next interval
+            self.engine.taps_since_checkpoint = 0
+            log.warning("checkpoint not taken", reason=repr(exc))
+            return
+        self.journal.append_checkpoint(build)
 
     def _append(self, env: Envelope) -> asyncio.Future[Envelope]:
         """Queue an entry just applied, so the journal keeps the engine's order.
@@ -248,7 +255,7 @@ class Service:
         deny_version = self.engine.book.deny.version  # as of this entry
         committed = self.journal.append(env.seq, env.accepted_at_ms, env.body)
         if self.engine.taps_since_checkpoint >= CHECKPOINT_EVERY_TAPS:
-            self.journal.append_checkpoint(self._checkpoint_builder())
+            self._checkpoint()
         durable = asyncio.ensure_future(self._durable(env, committed, deny_version))
         return asyncio.shield(durable)  # a cancelled caller leaves the bookkeeping running
 
