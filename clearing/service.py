@@ -24,6 +24,7 @@ from clearing.denylist import Change
 from clearing.engine import CardAnswer, Engine
 from clearing.entries import Body, Envelope, SeedEntry
 from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, StorageError
+from clearing.gaps import gap_ranges
 from clearing.journal import Journal
 from clearing.limits import CHECKPOINT_EVERY_TAPS, GAP_RANGES_MAX, TRANSFER_CHECK_SECONDS
 from clearing.registry import config_entry
@@ -385,16 +386,3 @@ def _ignore_result(future: asyncio.Future) -> None:
     """A background commit's failure is sticky in the journal; nothing to do here."""
     if not future.cancelled():
         future.exception()
-
-
-def gap_ranges(seqs: list[int], most: int) -> list[tuple[int, int]]:
-    """Ranges of numbers in 1..max(seqs) missing from the ascending ``seqs``."""
-    gaps: list[tuple[int, int]] = []
-    expected = 1
-    for seq in seqs:
-        if seq > expected:
-            gaps.append((expected, seq - 1))
-            if len(gaps) >= most:
-                break
-        expected = seq + 1
-    return gaps
