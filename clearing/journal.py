@@ -176,9 +176,14 @@ class Journal:
         return None if value is None else entries.decode(value)
 
     def verified_scan(self) -> Iterator[tuple[int, bytes, bytes]]:
-        """(seq, value, chain hash) from seq 1, checking sequence and chain."""
+        """(seq, value, chain hash) from seq 1, checking sequence and chain.
+
+        An entry is yielded only once the NEXT one vouches for it (its prev_hash),
+        or, for the last, the recorded head: damaged bytes are never replayed.
+        """
         prev_hash = GENESIS_HASH
         expected = 1
+        pending: tuple[int, bytes, bytes] | None = None
         for seq, value in self.scan(1):
             if seq != expected:
                 raise JournalCorrupt(expected, f"missing; the next stored entry is {seq}")
@@ -190,12 +195,16 @@ class Journal:
                 raise JournalCorrupt(seq, f"record says it is entry {head.seq}")
             if head.prev_hash != prev_hash:
                 raise JournalCorrupt(
-                    seq, "hash chain broken: prev_hash does not match entry before"
+                    seq - 1, "hash chain broken: the next entry's prev_hash does not match it"
                 )
+            if pending is not None:
+                yield pending
             prev_hash = entries.chain_hash(value)
-            yield seq, value, prev_hash
+            pending = (seq, value, prev_hash)
             expected += 1
         self._check_head(expected - 1, prev_hash)
+        if pending is not None:
+            yield pending
 
     def _check_head(self, last_seq: int, last_hash: bytes) -> None:
         with self._env.begin(db=self._meta) as txn:

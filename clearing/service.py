@@ -76,7 +76,12 @@ def load_engine(journal: Journal, new_engine: Callable[[], Engine]) -> tuple[Eng
         if seq == base and cp is not None and chain != cp.chain_hash:
             raise JournalCorrupt(seq, "the checkpoint does not belong to this journal")
         if seq > base:
-            engine.replay(entries.decode(value))
+            try:
+                engine.replay(entries.decode(value))
+            except ClearingError:
+                raise
+            except Exception as exc:  # an entry the engine cannot take is damage too
+                raise JournalCorrupt(seq, f"replay failed ({exc!r})") from exc
             replayed += 1
     if engine.last_seq != journal.last_seq:
         raise JournalCorrupt(journal.last_seq, f"checkpoint at {base} is beyond the journal")

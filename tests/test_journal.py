@@ -44,7 +44,9 @@ def test_a_flipped_byte_is_found_with_its_position(tmp_path):
     journal.close()
     flip_byte(os.path.join(tmp_path, "data.mdb"), payloads[1], 17, 0xFF)  # entry 2's body
     damaged = Journal(str(tmp_path), 2**24)
-    with pytest.raises(JournalCorrupt, match="journal entry 3: hash chain broken"):
+    with pytest.raises(
+        JournalCorrupt, match="journal entry 2: hash chain broken"
+    ):  # the damaged one
         list(damaged.verified_scan())
     damaged.close()
 

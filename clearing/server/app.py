@@ -18,6 +18,7 @@ from clearing.metrics import Metrics
 from clearing.server.admin import AdminServicer
 from clearing.server.cards import CardServicer
 from clearing.server.denylist import DenyListServicer
+from clearing.server.malformed import MalformedRequests
 from clearing.server.settlement import SettlementServicer
 from clearing.server.taps import TapServicer
 from clearing.service import Service
@@ -62,11 +63,12 @@ class Server:
     async def start(self, listen: str | None = None) -> int:
         """Replay, then listen; health turns SERVING only when all is ready."""
         self.grpc = grpc.aio.server(
+            interceptors=[MalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
