@@ -11,18 +11,21 @@ or missing only costs replay time: each is sealed with a digest and checked.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import os
 import queue
+import signal
 import struct
 import threading
+import time
 
 import lmdb
 import msgspec
 import structlog
 
-from clearing.limits import CHECKPOINTS_KEPT
+from clearing.limits import CHECKPOINT_CHILD_SECONDS_MAX, CHECKPOINTS_KEPT
 
 log = structlog.get_logger("clearing.checkpoints")
 _SEQ = struct.Struct(">Q")
@@ -70,7 +73,8 @@ class ForkedCheckpoint:
     """A checkpoint being written by a child process from its copy-on-write image.
 
     The parent pays only for the fork (page tables, tens of ms), not for copying
-    hundreds of MiB on its event loop; the checkpoint thread collects the file.
+    hundreds of MiB on its event loop. The checkpoint thread collects the file:
+    plain reads (the GIL is released while the kernel copies) and no re-encoding.
     """
 
     def __init__(self, seq: int, chain_hash: bytes, implementation: str, pid: int, path: str):
@@ -80,29 +84,24 @@ class ForkedCheckpoint:
     def collect(self) -> Checkpoint | None:
         """Wait for the child; the checkpoint it wrote, or None if it failed."""
         try:
-            _, status = os.waitpid(self.pid, 0)
-            if status != 0:
-                log.warning("checkpoint child failed", seq=self.seq, status=status)
+            if not _reap(self.pid):
                 return None
             with open(self.path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
+                ledger_bytes, engine_bytes = _LENGTHS.unpack(f.read(_LENGTHS.size))
+                ledger, engine = f.read(ledger_bytes), f.read(engine_bytes)
+            if (len(ledger), len(engine)) != (ledger_bytes, engine_bytes):
+                log.warning("checkpoint file short", seq=self.seq)
+                return None
+        except (OSError, struct.error) as exc:
             log.warning("checkpoint child lost", seq=self.seq, reason=repr(exc))
             return None
         finally:
             _unlink(self.path)
-        (ledger_bytes,) = _SEQ.unpack_from(data)
-        ledger_end = _SEQ.size + ledger_bytes
-        return Checkpoint(
-            self.seq,
-            self.chain_hash,
-            self.implementation,
-            data[_SEQ.size : ledger_end],
-            data[ledger_end:],
-        )
+        return Checkpoint(self.seq, self.chain_hash, self.implementation, ledger, engine)
 
     def discard(self) -> None:
-        self.collect()
+        _reap(self.pid)
+        _unlink(self.path)
 
 
 def forked_builder(engine, directory: str):
@@ -111,28 +110,75 @@ def forked_builder(engine, directory: str):
     Returns the journal's builder: ``build(chain_hash)`` -> ForkedCheckpoint.
     """
     seq, implementation = engine.last_seq, engine.ledger.implementation
-    path = os.path.join(directory, f"snapshot-{seq}{PARTIAL_SUFFIX}")
-    pid = os.fork()
-    if pid == 0:  # the child: a frozen image of this instant; nothing here may block
-        code = 1
-        try:
-            # Let go of the parent's sockets, journal and writer lock at once: a killed
-            # server's port and lock must not wait for this child.
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            ledger_blob, engine_blob = engine.checkpoint_blobs()
-            with open(path, "wb") as f:
-                f.write(_SEQ.pack(len(ledger_blob)))
-                f.write(ledger_blob)
-                f.write(engine_blob)
-            code = 0
-        finally:
-            os._exit(code)
+    gc.disable()  # the child must never run the parent's finalizers (gRPC, files...)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _child(engine, os.path.join(directory, _child_file(seq, os.getpid())))
+    finally:
+        gc.enable()  # (the child never returns here: _child ends in os._exit)
+    _children.add(pid)
     engine.taps_since_checkpoint = 0
+    path = os.path.join(directory, _child_file(seq, pid))
 
     def build(chain_hash: bytes) -> ForkedCheckpoint:
         return ForkedCheckpoint(seq, chain_hash, implementation, pid, path)
 
     return build
+
+
+def _child_file(seq: int, pid: int) -> str:
+    return f"snapshot-{seq}-{pid}{PARTIAL_SUFFIX}"
+
+
+def _child(engine, path: str) -> None:
+    """The child: a frozen image of the fork's instant. Writes the blobs, exits."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # the parent's event loop is not ours
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        # Let go of the parent's sockets, journal and writer lock at once: a killed
+        # server's port and lock must not wait for this child.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        ledger_blob, engine_blob = engine.checkpoint_blobs()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_LENGTHS.pack(len(ledger_blob), len(engine_blob)))
+            f.write(ledger_blob)
+            f.write(engine_blob)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _reap(pid: int) -> bool:
+    """Wait for a checkpoint child (killing it after a while); True if it succeeded."""
+    deadline = time.monotonic() + CHECKPOINT_CHILD_SECONDS_MAX
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                log.warning("checkpoint child too slow: killed", pid=pid)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return False
+            time.sleep(0.01)
+    except ChildProcessError:
+        return False
+    finally:
+        _children.discard(pid)
+    if status != 0:
+        log.warning("checkpoint child failed", pid=pid, status=status)
+    return status == 0
+
+
+def reap_children() -> None:
+    """Reap checkpoint children whose checkpoint was dropped (a failed journal)."""
+    for pid in list(_children):
+        _reap(pid)
 
 
 def discard(item: Pending) -> None:
@@ -148,6 +194,25 @@ def _unlink(path: str) -> None:
 
 PARTIAL_SUFFIX = ".partial"
 Pending = Checkpoint | ForkedCheckpoint
+_LENGTHS = struct.Struct(">QQ")  # the child's file: ledger and engine lengths, then both
+_LEDGER_KEY_SUFFIX = b"L"  # the ledger snapshot is stored apart, as is: never re-encoded
+_children: set[int] = set()  # checkpoint children not yet reaped
+
+
+class _Release:
+    def __init__(self, checkpoint: Pending) -> None:
+        self.checkpoint = checkpoint
+
+
+def _seqs(txn) -> set[int]:
+    """The seqs of the stored checkpoints (each has a record and a ledger value)."""
+    return {_SEQ.unpack(bytes(k[:8]))[0] for k in txn.cursor().iternext(keys=True, values=False)}
+
+
+def _delete(txn, seq: int) -> None:
+    txn.delete(_SEQ.pack(seq))
+    txn.delete(_SEQ.pack(seq) + _LEDGER_KEY_SUFFIX)
+
 
 _decoder = msgspec.msgpack.Decoder(Checkpoint)
 _encoder = msgspec.msgpack.Encoder()
@@ -187,13 +252,9 @@ class CheckpointStore:
         if self._env is None:
             return
         with self._env.begin(write=True, db=self._db) as txn:
-            stale = [
-                bytes(k)
-                for k in txn.cursor().iternext(keys=True, values=False)
-                if _SEQ.unpack(k)[0] > head_seq
-            ]
-            for key in stale:
-                txn.delete(key)
+            for seq in _seqs(txn):
+                if seq > head_seq:
+                    _delete(txn, seq)
 
     def latest(self, head_seq: int) -> Checkpoint | None:
         """The newest sound checkpoint at or before ``head_seq``."""
@@ -208,56 +269,58 @@ class CheckpointStore:
     def _latest(self, head_seq: int) -> Checkpoint | None:
         assert self._env is not None
         with self._env.begin(db=self._db) as txn:
-            cursor = txn.cursor()
-            found = cursor.last()
-            while found:
+            for seq in sorted(_seqs(txn), reverse=True):
+                if seq > head_seq:
+                    continue
                 try:
-                    cp = _decoder.decode(cursor.value())
+                    cp = _decoder.decode(txn.get(_SEQ.pack(seq)) or b"")
                 except msgspec.DecodeError:
-                    cp = None  # a damaged checkpoint only costs replay time
-                if (
-                    cp is not None
-                    and cp.seq <= head_seq
-                    and hmac.compare_digest(cp.digest, checkpoint_digest(cp))
-                ):
+                    continue  # a damaged checkpoint only costs replay time
+                ledger = txn.get(_SEQ.pack(seq) + _LEDGER_KEY_SUFFIX)
+                if ledger is not None:
+                    cp = msgspec.structs.replace(cp, ledger=ledger)
+                if hmac.compare_digest(cp.digest, checkpoint_digest(cp)):
                     return cp
-                found = cursor.prev()
         return None
 
     def submit(self, cp: Pending) -> None:
         """Queue a checkpoint of a durably committed entry; written in the background."""
         assert self._env is not None, "a read-only journal takes no checkpoints"
+        self._start()
+        self._queue.put(cp)
+
+    def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
             self._thread.start()
-        self._queue.put(cp)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            while True:  # a newer checkpoint makes the queued older ones pointless
-                try:
-                    newer = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if newer is None:
-                    self._queue.put(None)  # stop after this one
-                    break
-                discard(item)
-                item = newer
             try:
+                if isinstance(item, _Release):
+                    discard(item.checkpoint)
+                    continue
                 cp = item.collect() if isinstance(item, ForkedCheckpoint) else item
                 if cp is not None:
                     self._write(cp.sealed())
             except Exception as exc:  # costs replay time at the next start, nothing else
-                log.warning("checkpoint not written", seq=item.seq, reason=repr(exc))
+                log.warning("checkpoint not written", reason=repr(exc))
 
     def _write(self, cp: Checkpoint) -> None:
         assert self._env is not None
+        key = _SEQ.pack(cp.seq)
         with self._env.begin(write=True, db=self._db) as txn:
-            txn.put(_SEQ.pack(cp.seq), _encoder.encode(cp))
-            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
-            for old in keys[:-CHECKPOINTS_KEPT]:
-                txn.delete(old)
+            txn.put(key + _LEDGER_KEY_SUFFIX, cp.ledger)
+            txn.put(key, _encoder.encode(msgspec.structs.replace(cp, ledger=b"")))
+            for old in sorted(_seqs(txn))[:-CHECKPOINTS_KEPT]:
+                _delete(txn, old)
+
+    def release(self, item: Pending) -> None:
+        """A checkpoint that will not be written: reaped in the background, not here
+        (the journal calls this inside its write transaction)."""
+        if isinstance(item, ForkedCheckpoint):
+            self._start()
+            self._queue.put(_Release(item))
 
     def close(self) -> None:
         """Finish what is queued (a graceful stop's checkpoint), then close."""
@@ -265,6 +328,7 @@ class CheckpointStore:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        reap_children()
         if self._env is not None:
             self._env.close()
             self._env = None

@@ -34,7 +34,7 @@ import msgspec
 import structlog
 
 from clearing import entries
-from clearing.checkpoints import Checkpoint, CheckpointStore, Pending, discard, open_durable
+from clearing.checkpoints import Checkpoint, CheckpointStore, Pending, open_durable
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
 from clearing.limits import GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
@@ -359,7 +359,7 @@ class Journal:
                     if cp.seq == head_seq:  # only a state of exactly the last entry is true
                         checkpoints.append(cp)
                     else:
-                        discard(cp)
+                        self.checkpoints.release(cp)
             last = [item[1] for item in group if item[0] == "entry"]
             if last:  # the head is recorded apart so that a damaged last entry shows
                 txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)

@@ -59,6 +59,7 @@ JOURNAL_MAP_SIZE_BYTES_DEFAULT = 64 * 2**30  # sparse on Linux; raise for years 
 GROUP_COMMIT_ENTRIES_MAX = 256  # bounds one write transaction's size and latency
 CHECKPOINT_EVERY_TAPS = 5_000_000  # restart replays at most this many taps (about 2 s here)
 CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
+CHECKPOINT_CHILD_SECONDS_MAX = 300.0  # a checkpoint child slower than this is killed
 WRITER_LOCK_WAIT_SECONDS = 5.0  # a killed server's checkpoint child may hold it this long
 
 MS_PER_SECOND = 1_000
