@@ -110,13 +110,15 @@ def forked_builder(engine, directory: str):
     Returns the journal's builder: ``build(chain_hash)`` -> ForkedCheckpoint.
     """
     seq, implementation = engine.last_seq, engine.ledger.implementation
+    collecting = gc.isenabled()
     gc.disable()  # the child must never run the parent's finalizers (gRPC, files...)
     try:
         pid = os.fork()
         if pid == 0:
             _child(engine, os.path.join(directory, _child_file(seq, os.getpid())))
     finally:
-        gc.enable()  # (the child never returns here: _child ends in os._exit)
+        if collecting:  # (the child never returns here: _child ends in os._exit)
+            gc.enable()
     _children.add(pid)
     engine.taps_since_checkpoint = 0
     path = os.path.join(directory, _child_file(seq, pid))
