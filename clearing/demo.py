@@ -41,7 +41,7 @@ from clearing.config import SeedSettings, ServerSettings
 from clearing.demo_lost import lost_card_story
 from clearing.engine import seed_card_type
 from clearing.errors import ClearingError
-from clearing.settlement.text import cny
+from clearing.settlement.report import money
 from clearing.v1 import admin_pb2, cards_pb2, settlement_pb2
 
 console = Console()
@@ -187,17 +187,17 @@ async def _settle(stubs: Stubs, business_date: str) -> int:
             p.party_id,
             admin_pb2.PartyRole.Name(p.role),
             str(p.count),
-            cny(p.gross_fen),
-            cny(p.fee_fen),
-            cny(p.net_fen),
+            money(p.gross_fen),
+            money(p.fee_fen),
+            money(p.net_fen),
             Direction.Name(p.direction),
         )
     console.print(table)
     i = reply.issuer
     console.print(
-        f"{reply.tap_count:,} taps; pay {cny(reply.total_paid_fen)}, collect "
-        f"{cny(reply.total_collected_fen)}; float {cny(i.float_opening_fen)} -> "
-        f"{cny(i.float_closing_fen)}; issuer net {cny(i.net_fen)}; "
+        f"{reply.tap_count:,} taps; pay {money(reply.total_paid_fen)}, collect "
+        f"{money(reply.total_collected_fen)}; float {money(i.float_opening_fen)} -> "
+        f"{money(i.float_closing_fen)}; issuer net {money(i.net_fen)}; "
         f"{reply.exception_count} exception rows"
     )
     console.print(f"report for the finance team: {reply.output_dir}/report.html")

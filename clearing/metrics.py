@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from clearing import tapsum_py as v
-from clearing.codes import TapStatus
 
 _LATENCY_BUCKETS_SECONDS = (
     0.0005,
@@ -24,17 +23,6 @@ _LATENCY_BUCKETS_SECONDS = (
     2.0,
     5.0,
 )
-
-# The ``status`` labels of clearing_taps_total: resubmissions, then each fresh outcome.
-STATUS_LABELS = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
-
-
-def _status_counts(summary: Sequence[int]) -> list[int]:
-    """Fresh taps by status (TapStatus order) from a batch summary vector."""
-    return [
-        summary[v.OK_COUNT] if s == TapStatus.OK else summary[v.REJECTED + s]
-        for s in sorted(TapStatus)
-    ]
 
 
 class Metrics:
@@ -95,10 +83,10 @@ class Metrics:
         """``summary``: the batch's ``clearing.tapsum`` vector (counts and charged sums)."""
         children = self._tap_children.get(terminal_class)
         if children is None:
-            children = [self.taps.labels(terminal_class, s) for s in STATUS_LABELS]
+            children = [self.taps.labels(terminal_class, s) for s in v.STATUS_LABELS]
             children += [self.charged.labels(terminal_class, to) for to in ("CARD", "ISSUER_LOSS")]
             self._tap_children[terminal_class] = children
-        counts = [summary[v.DUP_COUNT], *_status_counts(summary)]
+        counts = v.status_counts(summary)
         counts += [summary[v.CARD_CHARGED], summary[v.LOSS_CHARGED]]
         for child, count in zip(children, counts, strict=True):
             if count:

@@ -43,6 +43,18 @@ HOURS = REJECTED_LIST + STATUS_COUNT  # + local hour of occurrence: OK taps
 LATE_DAYS = HOURS + 24  # + (days before the business day − 1), last bin "or more"
 SUMMARY_LEN = LATE_DAYS + LATE_DAY_BINS
 
+# Answers by kind: resubmissions, then each fresh outcome (the metrics' status labels).
+STATUS_LABELS = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
+
+
+def status_counts(summary: list[int]) -> list[int]:
+    """Taps of a summary vector by ``STATUS_LABELS``."""
+    fresh = [
+        summary[OK_COUNT] if s == TapStatus.OK else summary[REJECTED + s] for s in sorted(TapStatus)
+    ]
+    return [summary[DUP_COUNT], *fresh]
+
+
 # Rejections whose list amount passed the amount check and may be summed safely
 # (an ID_CONFLICT or INVALID_AMOUNT tap may carry any int64 at all).
 _SUMMED_REJECTIONS = frozenset(

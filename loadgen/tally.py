@@ -17,13 +17,11 @@ from hdrh.histogram import HdrHistogram
 from clearing import tapsum_py as v
 from clearing.codes import ChargedTo, TapStatus
 from clearing.tapsum import summarise
+from loadgen.model import TAP_DTYPE
 
 LATENCY_US_MAX = 60_000_000  # histograms track 1 µs .. 60 s
 LATENCY_DIGITS = 3
 
-TAP_DTYPE = np.dtype(
-    [("card", ">u8"), ("seq", ">u8"), ("list", ">i8"), ("occurred", ">i8"), ("route", ">u4")]
-)
 RESULT_DTYPE = np.dtype(
     [
         ("status", "u1"),
@@ -36,9 +34,9 @@ RESULT_DTYPE = np.dtype(
         ("seq", ">u8"),
     ]
 )
-assert TAP_DTYPE.itemsize == 36 and RESULT_DTYPE.itemsize == 40
+assert RESULT_DTYPE.itemsize == 40
 
-STATUS_NAMES = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
+STATUS_NAMES = v.STATUS_LABELS
 
 
 def histogram() -> HdrHistogram:
@@ -67,12 +65,9 @@ class Tally:
     def batch(self, packed_taps: bytes, packed_results: bytes, journal_seq: int) -> None:
         """Fold one answered batch."""
         summary = summarise(packed_taps, packed_results, journal_seq, 0, 0)
-        by_status = self.taps_by_status
-        by_status["DUPLICATE"] += summary[v.DUP_COUNT]
-        by_status["OK"] += summary[v.OK_COUNT]
-        for status in TapStatus:
-            if status != TapStatus.OK and summary[v.REJECTED + status]:
-                by_status[status.name] += summary[v.REJECTED + status]
+        for label, count in zip(STATUS_NAMES, v.status_counts(summary), strict=True):
+            if count or label in ("DUPLICATE", "OK"):
+                self.taps_by_status[label] += count
         self.charged_fen["CARD"] += summary[v.CARD_CHARGED]
         self.charged_fen["ISSUER_LOSS"] += summary[v.LOSS_CHARGED]
         self.bad_results += summary[v.BAD]

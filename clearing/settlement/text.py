@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
+from clearing.settlement.report import money
 from clearing.settlement.runner import Settled
-
-
-def cny(fen: int) -> str:
-    """Integer fen as CNY with two decimals, without floats."""
-    sign = "-" if fen < 0 else ""
-    yuan, cents = divmod(abs(fen), 100)
-    return f"{sign}{yuan:,}.{cents:02d}"
 
 
 def describe(settled: Settled) -> str:
@@ -20,12 +14,12 @@ def describe(settled: Settled) -> str:
         f"  entries      {settled.first_seq}..{settled.last_seq}",
         f"  taps         {taps['taps']:,} ({taps['ok']:,} OK, {taps['rejected']:,} rejected, "
         f"{taps['duplicates']:,} resubmitted, {taps['late']:,} late)",
-        f"  gross        {cny(totals['gross_fen'])} CNY, fees {cny(totals['fee_fen'])}",
-        f"  top-ups      {cny(totals['topups_fen'])} CNY",
-        f"  pay          {cny(totals['paid_fen'])} CNY, collect {cny(totals['collected_fen'])}",
-        f"  float        {cny(issuer['float_opening_fen'])} -> {cny(issuer['float_closing_fen'])}"
-        f" ({cny(issuer['float_change_fen'])})",
-        f"  issuer net   {cny(issuer['net_fen'])} CNY",
+        f"  gross        {money(totals['gross_fen'])} CNY, fees {money(totals['fee_fen'])}",
+        f"  top-ups      {money(totals['topups_fen'])} CNY",
+        f"  pay          {money(totals['paid_fen'])} CNY, collect {money(totals['collected_fen'])}",
+        f"  float        {money(issuer['float_opening_fen'])} -> "
+        f"{money(issuer['float_closing_fen'])} ({money(issuer['float_change_fen'])})",
+        f"  issuer net   {money(issuer['net_fen'])} CNY",
         f"  exceptions   {m['counts']['exceptions']:,} rows",
         f"  files        {settled.directory}",
         f"  manifest     sha256 {settled.manifest_sha256}",
