@@ -183,26 +183,19 @@ def reap_children() -> None:
         _reap(pid)
 
 
-def discard(item: Pending) -> None:
-    """Let go of a checkpoint that will not be written (reap its child, if any)."""
-    if isinstance(item, ForkedCheckpoint):
-        item.discard()
-
-
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
 PARTIAL_SUFFIX = ".partial"
-Pending = Checkpoint | ForkedCheckpoint
 _LENGTHS = struct.Struct(">QQ")  # the child's file: ledger and engine lengths, then both
 _LEDGER_KEY_SUFFIX = b"L"  # the ledger snapshot is stored apart, as is: never re-encoded
 _children: set[int] = set()  # checkpoint children not yet reaped
 
 
 class _Release:
-    def __init__(self, checkpoint: Pending) -> None:
+    def __init__(self, checkpoint: ForkedCheckpoint) -> None:
         self.checkpoint = checkpoint
 
 
@@ -224,7 +217,7 @@ class CheckpointStore:
     def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
         self.path = path
         self._env: lmdb.Environment | None = None
-        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ForkedCheckpoint | _Release | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             return  # none written yet: nothing to read
@@ -285,7 +278,7 @@ class CheckpointStore:
                     return cp
         return None
 
-    def submit(self, cp: Pending) -> None:
+    def submit(self, cp: ForkedCheckpoint) -> None:
         """Queue a checkpoint of a durably committed entry; written in the background."""
         assert self._env is not None, "a read-only journal takes no checkpoints"
         self._start()
@@ -300,9 +293,9 @@ class CheckpointStore:
         while (item := self._queue.get()) is not None:
             try:
                 if isinstance(item, _Release):
-                    discard(item.checkpoint)
+                    item.checkpoint.discard()
                     continue
-                cp = item.collect() if isinstance(item, ForkedCheckpoint) else item
+                cp = item.collect()
                 if cp is not None:
                     self._write(cp.sealed())
             except Exception as exc:  # costs replay time at the next start, nothing else
@@ -317,12 +310,11 @@ class CheckpointStore:
             for old in sorted(_seqs(txn))[:-CHECKPOINTS_KEPT]:
                 _delete(txn, old)
 
-    def release(self, item: Pending) -> None:
+    def release(self, item: ForkedCheckpoint) -> None:
         """A checkpoint that will not be written: reaped in the background, not here
         (the journal calls this inside its write transaction)."""
-        if isinstance(item, ForkedCheckpoint):
-            self._start()
-            self._queue.put(_Release(item))
+        self._start()
+        self._queue.put(_Release(item))
 
     def close(self) -> None:
         """Finish what is queued (a graceful stop's checkpoint), then close."""

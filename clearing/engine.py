@@ -328,20 +328,6 @@ class Engine:
         )
         return self.ledger.snapshot(), engine_blob
 
-    def checkpoint_builder(self):
-        """Capture the state now; the writer adds the chain hash once it is known.
-
-        (The service forks instead, see ``clearing.checkpoints.forked_builder``: a
-        copy of hundreds of MiB here would stop the event loop.)"""
-        seq, implementation = self.last_seq, self.ledger.implementation
-        ledger_blob, engine_blob = self.checkpoint_blobs()
-        self.taps_since_checkpoint = 0
-
-        def build(chain_hash: bytes) -> Checkpoint:
-            return Checkpoint(seq, chain_hash, implementation, ledger_blob, engine_blob)
-
-        return build
-
     def restore(self, cp: Checkpoint) -> bool:
         """Adopt a checkpoint written by the same core implementation."""
         if cp.implementation != self.ledger.implementation:

@@ -34,7 +34,7 @@ import msgspec
 import structlog
 
 from clearing import entries
-from clearing.checkpoints import Checkpoint, CheckpointStore, Pending, open_durable
+from clearing.checkpoints import Checkpoint, CheckpointStore, ForkedCheckpoint, open_durable
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
 from clearing.limits import GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
@@ -280,7 +280,7 @@ class Journal:
         self._queue.put(("entry", seq, accepted_at_ms, body))
         return future
 
-    def append_checkpoint(self, build: Callable[[bytes], Checkpoint]) -> None:
+    def append_checkpoint(self, build: Callable[[bytes], ForkedCheckpoint]) -> None:
         """Queue a checkpoint after every entry queued so far.
 
         ``build(chain_hash)`` runs on the writer thread, when the hash of the
@@ -345,7 +345,7 @@ class Journal:
     def _commit(self, group: list[_Item]) -> None:
         """Write a group in one durable transaction; the chain moves only on success."""
         head_hash, head_seq = self._head_hash, self._committed_seq
-        checkpoints: list[Pending] = []
+        checkpoints: list[ForkedCheckpoint] = []
         with self._env.begin(write=True) as txn:
             for item in group:
                 if item[0] == "entry":
