@@ -216,6 +216,22 @@ class Ledger:
                 return index
         return -1
 
+    def repeated_results(self, terminal_id: int, packed_taps: bytes) -> bytes | None:
+        """The packed results when every tap repeats a recorded one with the same body
+        (a replayed batch: nothing to apply or journal), else None."""
+        if terminal_id not in self._terminals or not packed_taps or len(packed_taps) % TAP_BYTES:
+            return None
+        out = bytearray(len(packed_taps) // TAP_BYTES * RESULT_BYTES)
+        for index, (card_id, seq, amount, occurred, route) in enumerate(
+            TAP_STRUCT.iter_unpack(packed_taps)
+        ):
+            seen = self._taps.get((terminal_id, seq))
+            if seen is None or seen[:4] != (card_id, amount, occurred, route):
+                return None
+            result = self._repeat(seen, card_id, amount, occurred, route, 0)
+            RESULT_STRUCT.pack_into(out, index * RESULT_BYTES, *result)
+        return bytes(out)
+
     def apply_batch(
         self, terminal_id: int, packed_taps: bytes, now_ms: int, journal_seq: int
     ) -> bytes:

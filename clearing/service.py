@@ -22,11 +22,16 @@ from clearing.codes import CardOpStatus
 from clearing.config import Config, token_digest
 from clearing.denylist import Change
 from clearing.engine import CardAnswer, Engine
-from clearing.entries import Body, Envelope, SeedEntry
+from clearing.entries import Body, Envelope, SeedEntry, TapBatchEntry
 from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, StorageError
 from clearing.gaps import gap_ranges
 from clearing.journal import Journal
-from clearing.limits import CHECKPOINT_EVERY_TAPS, GAP_RANGES_MAX, TRANSFER_CHECK_SECONDS
+from clearing.limits import (
+    CHECKPOINT_EVERY_TAPS,
+    GAP_RANGES_MAX,
+    RESULT_STRUCT,
+    TRANSFER_CHECK_SECONDS,
+)
 from clearing.registry import config_entry
 
 log = structlog.get_logger("clearing.service")
@@ -277,20 +282,30 @@ class Service:
             self._deny_changed = asyncio.Event()
         return env
 
-    def submit_taps_nowait(
-        self, terminal_id: int, packed_taps: bytes
-    ) -> tuple[Envelope, asyncio.Future]:
-        """Apply a checked batch now; the future completes when it is durable.
+    def submit_taps_nowait(self, terminal_id: int, packed_taps: bytes) -> asyncio.Future[Envelope]:
+        """Apply a checked batch now; the future gives its entry once durable.
 
-        Streams use this to keep several batches in flight, in order.
+        Streams use this to keep several batches in flight, in order. A batch
+        whose every tap repeats a recorded one (a retry, or a replay) changes
+        nothing: it is answered from the records and journals nothing.
         """
         now_ms = self.check_serving()
+        repeated = self.engine.ledger.repeated_results(terminal_id, packed_taps)
+        if repeated is not None:
+            return asyncio.ensure_future(self._repeated(terminal_id, packed_taps, repeated))
         env = self._apply(self.engine.tap_batch, terminal_id, packed_taps, now_ms)
-        return env, self._append(env)
+        return self._append(env)
+
+    async def _repeated(self, terminal_id: int, packed_taps: bytes, results: bytes) -> Envelope:
+        """A repeated batch's answer, once the entries it repeats are durable; it
+        names the newest of them as its entry."""
+        await self.durable()
+        seq = max(result[-1] for result in RESULT_STRUCT.iter_unpack(results))
+        body = TapBatchEntry(terminal_id, packed_taps, results)
+        return Envelope(seq, self.journal.accepted_at_ms(seq), b"", body)
 
     async def submit_taps(self, terminal_id: int, packed_taps: bytes) -> Envelope:
-        _, done = self.submit_taps_nowait(terminal_id, packed_taps)
-        return await done
+        return await self.submit_taps_nowait(terminal_id, packed_taps)
 
     async def card_op(
         self, request_id: str, method: str, channel: str, card_id: int, args: tuple[int, ...]

@@ -311,7 +311,20 @@ def test_compiled_core_matches_python_twin(data):
         packed = b"".join(taps)
         journal_seq += 1
         pair.call("first_invalid_tap", packed)
+        _, repeated = pair.call("repeated_results", terminal_id, packed)
         kind, results = pair.call("apply_batch", terminal_id, packed, now, journal_seq)
+        if repeated is not None:  # a replayed batch: exactly what applying it answers
+            event("a whole batch repeated")
+            assert (kind, results) == ("returned", repeated)
+        elif kind == "returned" and packed:
+            # once applied, the same batch again repeats only if nothing in it conflicted
+            _, again = pair.call("repeated_results", terminal_id, packed)
+            conflicted = any(
+                r[0] == TapStatus.ID_CONFLICT for r in RESULT_STRUCT.iter_unpack(results)
+            )
+            assert (again is None) == conflicted
+            if again is not None:
+                assert all(r[2] == 1 for r in RESULT_STRUCT.iter_unpack(again))
         if HISTORY:  # drained after every batch, so none is pending at a restore
             pair.call("take_low_balance_crossings")
         if kind == "returned":

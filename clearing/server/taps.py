@@ -144,9 +144,9 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
             while (item := await in_flight.get()) is not None:
                 if isinstance(item, ClearingError):
                     await context.abort(*to_status(item))
-                batch, envelope, durable, started = item
+                batch, durable, started = item
                 try:
-                    await durable
+                    envelope = await durable
                 except ClearingError as exc:
                     await context.abort(*to_status(exc))
                 yield self._reply(batch, envelope, started)
@@ -158,8 +158,8 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
             async for batch in request_iterator:
                 started = time.perf_counter()
                 packed = self._accept(batch, principal)
-                envelope, durable = self.service.submit_taps_nowait(batch.terminal_id, packed)
-                await in_flight.put((batch, envelope, durable, started))
+                durable = self.service.submit_taps_nowait(batch.terminal_id, packed)
+                await in_flight.put((batch, durable, started))
         except ClearingError as exc:
             await in_flight.put(exc)
             return

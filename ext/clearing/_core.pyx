@@ -400,6 +400,25 @@ cdef inline void put_result(unsigned char *q, const result_t *r) noexcept nogil:
     cc_store_u64(q + 32, r.journal_seq)
 
 
+cdef inline bint same_body(const tap_t *rec, uint64_t card_id, int64_t amount,
+                           int64_t occurred, uint32_t route) noexcept nogil:
+    """SPEC §5: a repeat is a DUPLICATE only with the same card, amount, time and route."""
+    return (rec.card_id == card_id and rec.list_amount_fen == amount
+            and rec.occurred_at_ms == occurred and rec.route_id == route)
+
+
+@cython.overflowcheck(False)  # recorded: 0 <= charged <= amount <= max_tap_fen
+cdef inline void repeat_result(const tap_t *rec, result_t *res) noexcept nogil:
+    """The recorded tap's original result, flagged as a duplicate."""
+    res.status = (rec.term_outcome >> 24) & 0xF
+    res.charged_to = (rec.term_outcome >> 28) & 0x3
+    res.duplicate = 1
+    res.charged_fen = rec.charged_fen
+    res.discount_fen = rec.list_amount_fen - rec.charged_fen if res.status == OK else 0
+    res.balance_after_fen = rec.balance_after_fen
+    res.journal_seq = rec.journal_seq
+
+
 cdef inline int as_u64(object value, uint64_t *out) except -1:
     """1 with ``out`` set when ``value`` is a u64, else 0 (then it names no record)."""
     try:
@@ -788,6 +807,43 @@ cdef class Ledger:
         finally:
             PyBuffer_Release(&view)
 
+    @cython.overflowcheck(False)  # offsets < len(buffer); no money is computed here
+    def repeated_results(self, terminal_id, packed_taps):
+        """The packed results when every tap repeats a recorded one with the same body
+        (a replayed batch: nothing to apply or journal), else None."""
+        cdef Py_buffer view
+        cdef Py_ssize_t k, n
+        cdef int64_t found
+        cdef uint32_t term
+        cdef const unsigned char *p
+        cdef unsigned char *q
+        cdef result_t res
+        cdef bytes out
+        slot = self.term_slot.get(terminal_id)
+        if slot is None:
+            return None
+        term = slot
+        PyObject_GetBuffer(packed_taps, &view, PyBUF_SIMPLE)
+        try:
+            n = view.len // TAP_BYTES
+            if n == 0 or view.len % TAP_BYTES != 0:
+                return None
+            out = PyBytes_FromStringAndSize(NULL, n * RESULT_BYTES)
+            q = <unsigned char *>PyBytes_AS_STRING(out)
+            for k in range(n):
+                p = <const unsigned char *>view.buf + k * TAP_BYTES
+                found = self.find_tap(term, cc_load_u64(p + 8))
+                if found < 0 or not same_body(
+                    &self.taps[found], cc_load_u64(p), <int64_t>cc_load_u64(p + 16),
+                    <int64_t>cc_load_u64(p + 24), cc_load_u32(p + 32)
+                ):
+                    return None
+                repeat_result(&self.taps[found], &res)
+                put_result(q + k * RESULT_BYTES, &res)
+            return out
+        finally:
+            PyBuffer_Release(&view)
+
     def apply_batch(self, terminal_id, packed_taps, int64_t now_ms, uint64_t journal_seq):
         """Rate and apply every tap in order; return the packed results."""
         cdef Py_buffer view
@@ -891,17 +947,8 @@ cdef class Ledger:
                 i += 1
 
             if found:
-                if (rec.card_id == card_id and rec.list_amount_fen == amount
-                        and rec.occurred_at_ms == occurred and rec.route_id == route):
-                    # DUPLICATE: the original result, unchanged.
-                    res.status = (rec.term_outcome >> 24) & 0xF
-                    res.charged_to = (rec.term_outcome >> 28) & 0x3
-                    res.duplicate = 1
-                    res.charged_fen = rec.charged_fen
-                    res.discount_fen = (rec.list_amount_fen - rec.charged_fen
-                                        if res.status == OK else 0)
-                    res.balance_after_fen = rec.balance_after_fen
-                    res.journal_seq = rec.journal_seq
+                if same_body(rec, card_id, amount, occurred, route):
+                    repeat_result(rec, &res)        # DUPLICATE: the original, unchanged
                 else:
                     # ID_CONFLICT: journaled, but never replaces the original.
                     c = self.find_card(card_id)
