@@ -25,6 +25,7 @@ import lmdb
 import msgspec
 import structlog
 
+from clearing.crashpoints import crash_point
 from clearing.limits import CHECKPOINT_CHILD_SECONDS_MAX, CHECKPOINTS_KEPT
 
 log = structlog.get_logger("clearing.checkpoints")
@@ -121,6 +122,7 @@ def forked_builder(engine, directory: str):
             gc.enable()
     _children.add(pid)
     engine.taps_since_checkpoint = 0
+    crash_point("checkpoint.forked")
     path = os.path.join(directory, _child_file(seq, pid))
 
     def build(chain_hash: bytes) -> ForkedCheckpoint:
@@ -306,6 +308,7 @@ class CheckpointStore:
         key = _SEQ.pack(cp.seq)
         with self._env.begin(write=True, db=self._db) as txn:
             txn.put(key + _LEDGER_KEY_SUFFIX, cp.ledger)
+            crash_point("checkpoint.mid_store")
             txn.put(key, _encoder.encode(msgspec.structs.replace(cp, ledger=b"")))
             for old in sorted(_seqs(txn))[:-CHECKPOINTS_KEPT]:
                 _delete(txn, old)

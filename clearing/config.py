@@ -21,6 +21,7 @@ from clearing.limits import (
     AMOUNT_LIMIT_FEN_MAX,
     BATCH_TAPS_MAX,
     BP_MAX,
+    CHECKPOINT_EVERY_TAPS,
     JOURNAL_MAP_SIZE_BYTES_DEFAULT,
     LEDGER_RECORDS_MAX,
     UINT32_MAX,
@@ -59,6 +60,9 @@ class ServerSettings(_Section):
     # batch (about 100 bytes a tap, 70 a card); 0 grows on demand.
     reserve_cards: int = 0
     reserve_taps: int = 0
+    # Restart replays at most this many taps after the newest checkpoint; each
+    # checkpoint forks and writes the whole ledger (hundreds of MiB at city size).
+    checkpoint_every_taps: int = CHECKPOINT_EVERY_TAPS
 
 
 class Limits(_Section):
@@ -212,6 +216,7 @@ def _validate_server(server: ServerSettings, source: str) -> None:
         f"[server] cutoff {server.cutoff!r} must be HH:MM",
     )
     _need(server.map_size_bytes >= 2**20, source, "[server] map_size_bytes must be >= 1 MiB")
+    _need(server.checkpoint_every_taps >= 1, source, "[server] checkpoint_every_taps must be >= 1")
     for name in ("reserve_cards", "reserve_taps"):
         _need(
             0 <= getattr(server, name) <= LEDGER_RECORDS_MAX,

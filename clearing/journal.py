@@ -35,6 +35,7 @@ import structlog
 
 from clearing import entries
 from clearing.checkpoints import Checkpoint, CheckpointStore, ForkedCheckpoint, open_durable
+from clearing.crashpoints import crash_point
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
 from clearing.limits import GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
@@ -69,6 +70,11 @@ def storage_message(exc: BaseException, map_size_bytes: int) -> str:
         )
     if isinstance(exc, OSError | lmdb.Error) and "No space left" in str(exc):
         return "disk full under the journal: free space and restart; nothing acknowledged was lost"
+    if isinstance(exc, OSError | lmdb.Error) and "File too large" in str(exc):
+        return (
+            "the journal file reached the process's file size limit (ulimit -f, "
+            "LimitFSIZE=): raise it and restart; nothing acknowledged was lost"
+        )
     return f"journal storage failed ({type(exc).__name__}: {exc}); check the disk and restart"
 
 
@@ -363,6 +369,8 @@ class Journal:
             last = [item[1] for item in group if item[0] == "entry"]
             if last:  # the head is recorded apart so that a damaged last entry shows
                 txn.put(b"head", _SEQ.pack(last[-1]) + head_hash, db=self._meta)
+            crash_point("journal.before_commit")
+        crash_point("journal.after_commit")
         self._head_hash, self._committed_seq = head_hash, head_seq
         for cp in checkpoints:  # its entry is durable now: write it aside, in the background
             try:

@@ -27,7 +27,6 @@ from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, Stor
 from clearing.gaps import gap_ranges
 from clearing.journal import Journal
 from clearing.limits import (
-    CHECKPOINT_EVERY_TAPS,
     GAP_RANGES_MAX,
     RESULT_STRUCT,
     TRANSFER_CHECK_SECONDS,
@@ -265,7 +264,7 @@ class Service:
         """
         deny_version = self.engine.book.deny.version  # as of this entry
         committed = self.journal.append(env.seq, env.accepted_at_ms, env.body)
-        if self.engine.taps_since_checkpoint >= CHECKPOINT_EVERY_TAPS:
+        if self.engine.taps_since_checkpoint >= self.config.server.checkpoint_every_taps:
             self._checkpoint()
         durable = asyncio.ensure_future(self._durable(env, committed, deny_version))
         return asyncio.shield(durable)  # a cancelled caller leaves the bookkeeping running

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,63 +10,17 @@ from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.config import Config, parse_config
 from clearing.server.app import Server
 from clearing.v1 import cards_pb2
-
-NOW_MS = 1_900_000_000_000  # 2030-03-17: ahead of the real clock, where tests set the manual one
-VALIDATOR, VALIDATOR_2, POS, BILLING = 101, 102, 201, 301
-TOKENS = {
-    "hall": "test-token-hall-1-xxxxx",
-    "agent": "test-token-agent-01-xxxx",
-    "finance": "test-token-finance-xxxx",
-    "admin": "test-token-admin-xxxxxx",
-}
-
-
-def terminal_token(terminal_id: int) -> str:
-    return f"test-token-terminal-{terminal_id}"
-
-
-def terminal_key(terminal_id: int) -> bytes:
-    return hashlib.sha256(f"test-key-{terminal_id}".encode()).digest()
-
-
-def city_dict(data_dir: str) -> dict:
-    terminals = [
-        (VALIDATOR, "VALIDATOR", "op-bus-1"),
-        (VALIDATOR_2, "VALIDATOR", "op-bus-1"),
-        (POS, "POS", "m-0001"),
-        (BILLING, "BILLING", "u-water"),
-    ]
-    return {
-        "server": {
-            "data_dir": data_dir,
-            "manual_clock": True,
-            "manual_clock_start_ms": NOW_MS,
-            "map_size_bytes": 256 * 2**20,
-        },
-        "parties": [
-            {"id": "op-bus-1", "role": "OPERATOR", "fee_bp": 100},
-            {"id": "m-0001", "role": "MERCHANT", "fee_bp": 150, "discount_bp": 8800},
-            {"id": "u-water", "role": "UTILITY", "fee_per_bill_fen": 50},
-            {"id": "hall-1", "role": "HALL"},
-            {"id": "agent-01", "role": "AGENT", "commission_bp": 40},
-        ],
-        "terminals": [
-            {
-                "id": tid,
-                "class": cls,
-                "party": party,
-                "key_hex": terminal_key(tid).hex(),
-                "token": terminal_token(tid),
-            }
-            for tid, cls, party in terminals
-        ],
-        "principals": [
-            {"token": TOKENS["hall"], "role": "HALL", "party": "hall-1"},
-            {"token": TOKENS["agent"], "role": "AGENT", "party": "agent-01"},
-            {"token": TOKENS["finance"], "role": "FINANCE"},
-            {"token": TOKENS["admin"], "role": "ADMIN"},
-        ],
-    }
+from loadgen.soak.city import (  # noqa: F401  (the tests import the city from here)
+    BILLING,
+    NOW_MS,
+    POS,
+    TOKENS,
+    VALIDATOR,
+    VALIDATOR_2,
+    city_dict,
+    terminal_key,
+    terminal_token,
+)
 
 
 def flip_byte(path: str, needle: bytes, offset: int, mask: int) -> None:

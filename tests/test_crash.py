@@ -1,146 +1,26 @@
-"""Crashes: kill -9 of a real server process, and restarts from checkpoints."""
+"""Restarts from checkpoints, and a damaged journal or checkpoint at start.
+
+(kill -9 and crash points under load: tests/test_soak_short.py.)
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
 
 import grpc
 import pytest
 
-from clearing import service as service_module
-from clearing.client import (
-    Stubs,
-    bearer,
-    channel,
-    free_port,
-    serve_command,
-    signed_batch,
-    unpack_results,
-    wait_serving,
-)
-from clearing.codes import TapStatus
-from clearing.config import dump_config, parse_config
-from clearing.v1 import cards_pb2
-from clearing.verify import verify_journal
-from tests.conftest import TOKENS, VALIDATOR, city_dict, terminal_key, terminal_token
+from clearing.client import bearer, signed_batch
+from tests.conftest import VALIDATOR, terminal_key, terminal_token
 
 CARDS = [8_000_000 + i for i in range(1, 21)]
-KILLS = 3
-BATCH_TAPS = 50
 
 
-class ServerProcess:
-    def __init__(self, tmp_path) -> None:
-        config = parse_config(city_dict(str(tmp_path / "data")))
-        self.config_path = tmp_path / "city.toml"
-        self.config_path.write_text(dump_config(config))
-        self.data_dir = config.server.data_dir
-        self.proc: subprocess.Popen | None = None
-        self.target = ""
+async def test_restart_from_a_checkpoint_replays_only_what_follows(city):
+    from tests.conftest import Harness
 
-    async def start(self) -> None:
-        self.target = f"127.0.0.1:{free_port()}"
-        self.proc = subprocess.Popen(
-            serve_command(self.target, f"127.0.0.1:{free_port()}", config=str(self.config_path)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        await wait_serving(self.target, self.proc, 30)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-
-async def _issue_cards(stubs: Stubs) -> None:
-    for card_id in CARDS:
-        await stubs.cards.IssueCard(
-            cards_pb2.IssueCardRequest(request_id=f"i-{card_id}", card_id=card_id, card_type=1),
-            metadata=bearer(TOKENS["hall"]),
-        )
-
-
-def _batch(number: int, now_ms: int):
-    taps = [
-        (CARDS[(number + i) % len(CARDS)], number * BATCH_TAPS + i + 1, 10 + i, now_ms, 11)
-        for i in range(BATCH_TAPS)
-    ]
-    return signed_batch(VALIDATOR, terminal_key(VALIDATOR), taps)
-
-
-async def _stream_until_killed(server: ServerProcess, first: int, acked: dict, sent: set) -> int:
-    """Stream batches; kill the server after a random number of acknowledgements."""
-    now_ms = int(time.time() * 1000)
-    kill_after = 5 + os.getpid() % 7
-    number = first
-    async with channel(server.target) as chan:
-        stubs = Stubs(chan)
-        metadata = bearer(terminal_token(VALIDATOR))
-        try:
-            for _ in range(200):
-                batch = _batch(number, now_ms)
-                sent.add(number)
-                reply = await stubs.taps.SubmitTaps(batch, metadata=metadata, timeout=5)
-                acked[number] = (batch, unpack_results(reply))
-                number += 1
-                if len(acked) % kill_after == 0:
-                    server.kill()
-        except grpc.aio.AioRpcError:
-            pass  # the connection died: the batch in flight is "unknown"
-    return number + 1
-
-
-@pytest.mark.slow
-async def test_kill_9_loses_no_acknowledged_tap_and_applies_none_twice(tmp_path):
-    server = ServerProcess(tmp_path)
-    await server.start()
-    async with channel(server.target) as chan:
-        await _issue_cards(Stubs(chan))
-    acked: dict[int, tuple] = {}
-    sent: set[int] = set()
-    number = 0
-    for _ in range(KILLS):
-        if server.proc.poll() is not None:
-            await server.start()
-        number = await _stream_until_killed(server, number, acked, sent)
-    await server.start()
-    async with channel(server.target) as chan:
-        stubs = Stubs(chan)
-        metadata = bearer(terminal_token(VALIDATOR))
-        charged = 0
-        # Unknown outcomes (the batch in flight at a kill) are checked through the balances.
-        for n, (batch, results) in sorted(acked.items()):
-            reply = unpack_results(await stubs.taps.SubmitTaps(batch, metadata=metadata))
-            assert reply == [(*r[:2], 1, *r[3:]) for r in results], f"batch {n} changed"
-            charged += sum(r[3] for r in results if r[0] == TapStatus.OK)
-
-        total = 0
-        for card_id in CARDS:
-            card = await stubs.cards.GetCard(
-                cards_pb2.GetCardRequest(card_id=card_id), metadata=bearer(TOKENS["hall"])
-            )
-            total += card.balance_fen
-    assert server.terminate() == 0
-    report = verify_journal(server.data_dir)
-    assert report.startswith("journal OK")
-    # Every acknowledged charge is there once; an unknown batch at most once.
-    unknown = sent - set(acked)
-    unknown_max = sum(sum(10 + i for i in range(BATCH_TAPS)) for _ in unknown)
-    assert charged <= -total <= charged + unknown_max
-
-
-async def test_restart_from_a_checkpoint_replays_only_what_follows(harness, monkeypatch):
-    monkeypatch.setattr(service_module, "CHECKPOINT_EVERY_TAPS", 30)
-    h = harness
+    city.server.checkpoint_every_taps = 30
+    h = await Harness(city).start()
     await h.issue(CARDS[0], balance_fen=10_000)
     key = terminal_key(VALIDATOR)
     for b in range(10):
@@ -157,8 +37,11 @@ async def test_restart_from_a_checkpoint_replays_only_what_follows(harness, monk
     service.journal.close()
     h.server = None
     await h.start()
-    assert 0 < h.server.service.replayed < total
-    assert await h.balance(CARDS[0]) == 10_000 - 100 * 10
+    try:
+        assert 0 < h.server.service.replayed < total
+        assert await h.balance(CARDS[0]) == 10_000 - 100 * 10
+    finally:
+        await h.stop()
 
 
 async def test_a_damaged_journal_stops_the_start_with_the_position(city):

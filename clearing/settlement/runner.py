@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from clearing.business_day import parse_business_date
+from clearing.crashpoints import crash_point
 from clearing.entries import SettledEntry
 from clearing.errors import RequestRejected
 from clearing.service import Service
@@ -86,9 +87,11 @@ class Settlements:
             if recorded is None:
                 # Staged, journaled, then put in place: no final-looking files unless recorded.
                 await asyncio.to_thread(stage, self.root, computed)
+                crash_point("settlement.staged")
                 sha = computed.manifest_sha256
                 body = SettledEntry(date, computed.first_seq, computed.last_seq, sha)
                 recorded = ((await service.admin(body)).seq, sha)
+                crash_point("settlement.journaled")
                 directory = await asyncio.to_thread(promote, self.root, date)
             else:
                 directory = await asyncio.to_thread(publish, self.root, computed, recorded[1])
