@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := setup.py pyproject.toml $(wildcard ext/clearing/*.pyx ext/clearing/*.pxd proto/clearing/v1/*.proto)
 
-.PHONY: install demo serve test lint format bench clean
+.PHONY: install demo serve test lint format bench soak clean
 
 $(STAMP): $(SOURCES)
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q -p no:randomly --benchmark-only \
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name -s
+
+# Crash safety and hostile input at full size (20 kills, every crash point, full
+# storage, storms, fuzz, the access matrix, damaged journals): loopback only,
+# a few minutes; prints one table and fails if anything was lost or doubled.
+soak: $(STAMP)
+	$(BIN)/python -m loadgen.soak
 
 clean:
 	rm -rf build $(VENV) clearing/_core.c clearing/*.so clearing/v1/*_pb2*.py clearing/v1/*_pb2*.pyi

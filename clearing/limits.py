@@ -67,7 +67,15 @@ MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 GAP_RANGES_MAX = 100  # GetTerminalStatus lists this many gap ranges, then says "truncated"
 
+# Each business day passed is a journal entry written before the next write: one
+# SetClock call (testing only) may move the manual clock at most a year ahead.
+MANUAL_CLOCK_STEP_MS_MAX = 366 * 86_400_000
+
 # gRPC ----------------------------------------------------------------------------------
+
+# Error details echo what the caller sent (ids, dates); gRPC refuses trailers over
+# 16 KiB, which would turn a clear refusal into RESOURCE_EXHAUSTED.
+STATUS_DETAILS_CHARS_MAX = 1_000
 
 STREAM_BATCHES_IN_FLIGHT_MAX = 64  # per stream: applied but not yet acknowledged
 GRACE_SECONDS = 10.0  # shutdown: calls in flight get this long to finish

@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from clearing.client import Stubs, bearer, channel, signed_batch
 from clearing.codes import TapStatus
 from clearing.config import parse_config
+from clearing.limits import MANUAL_CLOCK_STEP_MS_MAX
 from clearing.server.app import Server
 from clearing.v1 import admin_pb2
 from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, city_dict, terminal_token
@@ -139,3 +140,26 @@ async def test_admin_changes_stand_until_the_file_itself_changes(harness):
     await harness.restart()
     listed = await harness.stubs.admin.ListConcessions(admin_pb2.ListRequest(), metadata=ADMIN)
     assert {c.card_type: c.concession_bp for c in listed.concessions}["STUDENT"] == 4_000
+
+
+async def test_a_huge_echoed_input_is_cut_not_turned_into_another_status(harness):
+    """A refusal quotes what was sent; 300 KiB of it would break gRPC's 16 KiB limit on
+    trailers and reach the caller as RESOURCE_EXHAUSTED instead of the real status."""
+    from clearing.v1 import settlement_pb2
+
+    request = settlement_pb2.SettlementRequest(business_date="2030-" + "9" * 300_000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await harness.stubs.settlement.GetSettlement(request, metadata=bearer(TOKENS["finance"]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().endswith("… (cut)")
+
+
+async def test_set_clock_moves_at_most_a_year_ahead(harness):
+    now = harness.server.service.clock.now_ms()
+    for far in (now + MANUAL_CLOCK_STEP_MS_MAX + 1, 2**63 - 1, 0, -5):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await harness.stubs.admin.SetClock(
+                admin_pb2.SetClockRequest(now_ms=far), metadata=ADMIN
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert harness.server.service.clock.now_ms() == now

@@ -23,50 +23,14 @@ from clearing.client import bearer, unpack_results
 from clearing.codes import ChargedTo, TapStatus
 from clearing.config import Config
 from clearing.errors import JournalError
-from clearing.limits import INT64_MAX, INT64_MIN, TAP_STRUCT, UINT64_MAX
-from clearing.server.taps import batch_mac
-from clearing.v1 import taps_pb2
+from clearing.limits import UINT64_MAX
 from clearing.verify import verify_journal
-from tests.conftest import NOW_MS, POS, VALIDATOR, VALIDATOR_2, Harness, terminal_key
+from loadgen.soak.damage import flip_bits
+from loadgen.soak.hostile import BATCH_CODES, answer_problems, hostile_batch
+from tests.conftest import NOW_MS, POS, VALIDATOR, VALIDATOR_2, Harness
 
 CARDS = [8_000_001, 8_000_002, 8_000_003]
 CASES = 300
-DAY_MS = 86_400_000
-ALLOWED_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-}
-AMOUNTS = [0, -1, 1, 200, 99_999, 100_000, 100_001, INT64_MAX, INT64_MIN]
-TIMES = [NOW_MS, NOW_MS - DAY_MS, NOW_MS + DAY_MS, NOW_MS - 8 * DAY_MS, 0, INT64_MAX, INT64_MIN]
-
-
-def _tap(rng: random.Random, seq: int) -> bytes:
-    card = rng.choice([*CARDS, 0, 1, UINT64_MAX, rng.randrange(2**64)])
-    amount = rng.choice(AMOUNTS) if rng.random() < 0.7 else rng.randrange(INT64_MIN, INT64_MAX)
-    occurred = rng.choice(TIMES) + rng.randrange(-400_000, 400_000) if rng.random() < 0.8 else 0
-    occurred = max(INT64_MIN, min(INT64_MAX, occurred))
-    return TAP_STRUCT.pack(card, seq, amount, occurred, rng.randrange(2**32))
-
-
-def _hostile_batch(rng: random.Random, seqs: dict[int, int]) -> tuple[taps_pb2.TapBatch, int]:
-    """A mutated batch and the terminal whose token sends it."""
-    terminal = rng.choice([VALIDATOR, VALIDATOR_2, POS])
-    packed = b""
-    for _ in range(rng.randrange(0, 6)):
-        seqs[terminal] += 1
-        seq = 0 if rng.random() < 0.05 else seqs[terminal] - rng.choice([0, 0, 0, 1, 5])
-        packed += _tap(rng, max(seq, 0))
-    mutation = rng.random()
-    if mutation < 0.08 and packed:
-        packed = packed[: rng.randrange(len(packed))]  # torn
-    elif mutation < 0.12:
-        packed += b"\x00"  # one byte over a whole tap
-    claimed = terminal if rng.random() < 0.9 else rng.choice([VALIDATOR, POS, 999, 0])
-    mac = batch_mac(terminal_key(terminal), claimed, packed)
-    if rng.random() < 0.1:
-        mac = bytes(rng.randrange(256) for _ in range(rng.choice([0, 16, 32])))
-    return taps_pb2.TapBatch(terminal_id=claimed, packed_taps=packed, mac=mac), terminal
 
 
 async def test_hostile_batches_get_defined_answers_and_change_nothing_else(harness):
@@ -80,25 +44,23 @@ async def test_hostile_batches_get_defined_answers_and_change_nothing_else(harne
     seq_before = h.last_seq
     rng = random.Random(2030)
     seqs = {VALIDATOR: 0, VALIDATOR_2: 0, POS: 0}
-    accepted = charged_to_cards = 0
+    accepted = charged_to_cards = journaled = 0
     for _ in range(CASES):
-        batch, sender = _hostile_batch(rng, seqs)
+        batch, sender = hostile_batch(rng, seqs, [*CARDS, 0, 1, UINT64_MAX])
         try:
             reply = await h.stubs.taps.SubmitTaps(batch, metadata=bearer(terminal_token(sender)))
         except grpc.aio.AioRpcError as exc:
-            assert exc.code() in ALLOWED_CODES, (exc.code(), exc.details())
+            assert exc.code() in BATCH_CODES, (exc.code(), exc.details())
             continue
         accepted += 1
-        for status, to, duplicate, charged, discount, _, _ in unpack_results(reply):
-            assert status in set(TapStatus) and duplicate in (0, 1)
-            if status == TapStatus.OK:
-                assert charged >= 0 and discount >= 0
-                if to == ChargedTo.CARD and not duplicate:
-                    charged_to_cards += charged
-            else:
-                assert (charged, discount, to) == (0, 0, ChargedTo.CHARGED_TO_NONE)
+        results = unpack_results(reply)
+        assert answer_problems(results) == []
+        journaled += any(not r[2] for r in results)  # a batch of repeats journals nothing
+        charged_to_cards += sum(
+            r[3] for r in results if r[0] == TapStatus.OK and r[1] == ChargedTo.CARD and not r[2]
+        )
     assert 0 < accepted < CASES
-    assert h.last_seq - seq_before == accepted  # refused batches left no entry
+    assert h.last_seq - seq_before == journaled  # refused batches left no entry
     assert service.engine.ledger.total_balance_fen() == float_before - charged_to_cards
     await h.stop()
     assert "journal OK" in verify_journal(h.config.server.data_dir)
@@ -142,14 +104,7 @@ async def test_a_journal_damaged_at_100_places_is_refused_or_serves_the_same(
         shutil.rmtree(copy_dir / "journal" / "checkpoints")  # the journal alone is on trial
         data = copy_dir / "journal" / "data.mdb"
         used = os.path.getsize(os.path.join(journal, "data.mdb"))
-        with open(data, "r+b") as f:
-            rng = random.Random(seed)
-            for _ in range(100):
-                where = rng.randrange(used)
-                f.seek(where)
-                byte = f.read(1)
-                f.seek(where)
-                f.write(bytes([byte[0] ^ (1 << rng.randrange(8))]))
+        flip_bits(str(data), used, random.Random(seed), 100)
         copy = Config(**{**{f: getattr(city, f) for f in city.__struct_fields__}})
         copy.server.data_dir = str(copy_dir)
         try:

@@ -22,7 +22,7 @@ from clearing.entries import (
     TerminalRecord,
 )
 from clearing.errors import ConfigError, RequestRejected
-from clearing.limits import BP_MAX
+from clearing.limits import BP_MAX, MANUAL_CLOCK_STEP_MS_MAX, MS_PER_DAY
 from clearing.server.auth import rpc
 from clearing.service import Service
 from clearing.v1 import admin_pb2, admin_pb2_grpc
@@ -39,6 +39,17 @@ def _admin_reply(envelope) -> admin_pb2.AdminReply:
     return admin_pb2.AdminReply(journal_seq=envelope.seq, accepted_at_ms=envelope.accepted_at_ms)
 
 
+def _enum_name(enum, value: int, field: str) -> str:
+    """The name of a proto enum value; INVALID_ARGUMENT for a number it does not define
+    (proto3 keeps unknown enum numbers as they came)."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        raise RequestRejected(
+            "INVALID_ARGUMENT", f"{field} {value} is not one of {', '.join(enum.keys()[1:])}"
+        ) from None
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -53,7 +64,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             PartyConfig,
             {
                 "id": request.party_id,
-                "role": admin_pb2.PartyRole.Name(request.role),
+                "role": _enum_name(admin_pb2.PartyRole, request.role, "role"),
                 "fee_bp": request.fee_bp,
                 "fee_per_bill_fen": request.fee_per_bill_fen,
                 "commission_bp": request.commission_bp,
@@ -102,7 +113,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             TerminalConfig,
             {
                 "id": request.terminal_id,
-                "class": admin_pb2.TerminalClass.Name(request.terminal_class),
+                "class": _enum_name(
+                    admin_pb2.TerminalClass, request.terminal_class, "terminal_class"
+                ),
                 "party": request.party_id,
                 "key_hex": request.key_hex,
                 "token": request.token,
@@ -205,6 +218,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not clock.manual:
             raise RequestRejected(
                 "FAILED_PRECONDITION", "SetClock needs [server] manual_clock = true (testing only)"
+            )
+        ahead_ms = request.now_ms - clock.now_ms()
+        if request.now_ms <= 0 or ahead_ms > MANUAL_CLOCK_STEP_MS_MAX:
+            raise RequestRejected(
+                "INVALID_ARGUMENT",
+                f"now_ms {request.now_ms} must be positive and at most "
+                f"{MANUAL_CLOCK_STEP_MS_MAX // MS_PER_DAY} days ahead of the clock "
+                f"({clock.now_ms()}): every day passed is journaled",
             )
         clock.set(request.now_ms)
         return admin_pb2.ClockReply(now_ms=clock.now_ms())

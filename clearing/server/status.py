@@ -12,9 +12,17 @@ from clearing.errors import (
     SettlementError,
     StorageError,
 )
+from clearing.limits import STATUS_DETAILS_CHARS_MAX
 
 
 def to_status(exc: ClearingError) -> tuple[grpc.StatusCode, str]:
+    code, details = _status(exc)
+    if len(details) > STATUS_DETAILS_CHARS_MAX:  # it echoes the caller's input
+        details = details[:STATUS_DETAILS_CHARS_MAX] + "… (cut)"
+    return code, details
+
+
+def _status(exc: ClearingError) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RequestRejected):
         return grpc.StatusCode[exc.code], exc.message
     if isinstance(exc, ConfigError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 
 from clearing.client import Stubs, bearer, channel
 from clearing.v1 import cards_pb2
@@ -29,6 +30,20 @@ def soak_city(data_dir: str, **server) -> dict:
         "hall": "hall-1",
     }
     return city
+
+
+async def journal_last_seq(server: ServerProcess) -> int:
+    """The server's last committed journal entry, from its /metrics."""
+
+    def read() -> str:
+        url = f"http://{server.metrics_target}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    for line in (await asyncio.to_thread(read)).splitlines():
+        if line.startswith("clearing_journal_last_seq "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no clearing_journal_last_seq in /metrics")
 
 
 async def served_balances(target: str, cards: list[int]) -> dict[int, int]:

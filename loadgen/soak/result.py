@@ -41,13 +41,12 @@ class ScenarioResult:
 
 
 def print_table(results: list[ScenarioResult], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=120)
     table = Table(title="soak: crash safety and hostile input")
     for name in ("scenario", "runs", "acknowledged", "lost", "duplicated"):
         table.add_column(name, justify="left" if name == "scenario" else "right")
     table.add_column("invariant violations", justify="right")
     table.add_column("seconds", justify="right")
-    table.add_column("notes")
     for r in results:
         table.add_row(
             r.scenario,
@@ -56,10 +55,11 @@ def print_table(results: list[ScenarioResult], console: Console | None = None) -
             str(r.lost),
             str(r.duplicated),
             str(len(r.violations)),
-            f"{r.seconds:.1f}",
-            r.note,
+            f"{r.seconds:.0f}",
         )
     console.print(table)
     for r in results:
+        if r.note:
+            console.print(f"{r.scenario}: {r.note}")
         for violation in r.violations:
             console.print(f"[red]{r.scenario}[/red]: {violation}")
