@@ -116,3 +116,29 @@ async def test_a_journal_damaged_at_100_places_is_refused_or_serves_the_same(
             assert [await h2.balance(card) for card in CARDS] == balances
         finally:
             await h2.stop()
+
+
+async def test_a_message_one_byte_over_the_transport_limit_is_refused(harness):
+    """Past GRPC_MESSAGE_BYTES_MAX (the bound of the largest batch max_batch_taps allows)
+    gRPC itself refuses the message before any handler: RESOURCE_EXHAUSTED, nothing read.
+    A batch under it but over max_batch_taps is INVALID_ARGUMENT (test_e2e_taps)."""
+    from clearing.limits import GRPC_MESSAGE_BYTES_MAX
+    from clearing.v1 import taps_pb2
+    from tests.conftest import terminal_token
+
+    h = harness
+    seq = h.last_seq
+    batch = taps_pb2.TapBatch(terminal_id=VALIDATOR, mac=bytes(32))
+    batch.packed_taps = bytes(GRPC_MESSAGE_BYTES_MAX - 64)
+    batch.packed_taps = bytes(
+        len(batch.packed_taps) + GRPC_MESSAGE_BYTES_MAX + 1 - batch.ByteSize()
+    )
+    assert batch.ByteSize() == GRPC_MESSAGE_BYTES_MAX + 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await h.stubs.taps.SubmitTaps(batch, metadata=bearer(terminal_token(VALIDATOR)))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    batch.packed_taps = batch.packed_taps[:-2]  # just under: read, then refused as torn
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await h.stubs.taps.SubmitTaps(batch, metadata=bearer(terminal_token(VALIDATOR)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert h.last_seq == seq
