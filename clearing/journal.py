@@ -78,6 +78,15 @@ def storage_message(exc: BaseException, map_size_bytes: int) -> str:
     return f"journal storage failed ({type(exc).__name__}: {exc}); check the disk and restart"
 
 
+def _seq_of(key: bytes, expected_seq: int) -> int:
+    """The seq a journal key holds; a key of another size is damage (near ``expected_seq``)."""
+    if len(key) != _SEQ.size:
+        raise JournalCorrupt(
+            expected_seq, f"a {len(key)}-byte key where an 8-byte sequence number belongs"
+        )
+    return _SEQ.unpack(key)[0]
+
+
 def _take_writer_lock(path: str) -> int:
     """One writing process per journal: a second writer would fork the hash chain.
 
@@ -156,7 +165,7 @@ class Journal:
             cursor = txn.cursor()
             if not cursor.last():
                 return GENESIS_HASH, 0
-            return entries.chain_hash(cursor.value()), _SEQ.unpack(cursor.key())[0]
+            return entries.chain_hash(cursor.value()), _seq_of(cursor.key(), 0)
 
     @property
     def last_seq(self) -> int:
@@ -173,8 +182,13 @@ class Journal:
             cursor = txn.cursor()
             if not cursor.set_range(_SEQ.pack(first_seq)):
                 return
-            for key, value in cursor:
-                yield _SEQ.unpack(key)[0], bytes(value)
+            seq = first_seq - 1
+            try:
+                for key, value in cursor:
+                    seq = _seq_of(key, seq + 1)
+                    yield seq, bytes(value)
+            except lmdb.Error as exc:  # a damaged page LMDB itself cannot follow
+                raise JournalCorrupt(seq + 1, f"unreadable ({exc})") from exc
 
     def get(self, seq: int) -> Envelope | None:
         with self._env.begin(db=self._entries) as txn:

@@ -124,3 +124,24 @@ def _checkpoint_count(journal_dir: str) -> int:
             return txn.stat()["entries"]
     finally:
         env.close()
+
+
+async def test_a_damaged_key_size_is_refused_as_damage_naming_the_entry(city):
+    """Found by the soak: a flipped key-size byte in an LMDB leaf made the start die
+    with a bare struct.error instead of naming the damaged entry."""
+    import struct
+
+    from clearing.errors import JournalCorrupt
+    from clearing.server.app import Server
+    from tests.conftest import Harness, flip_byte
+
+    h = await Harness(city).start()
+    await h.issue(CARDS[0], balance_fen=1_000)
+    for seq in range(1, 8):
+        await h.taps(VALIDATOR, [(CARDS[0], seq, 7, 1_900_000_000_000, 11)])
+    await h.stop()
+    # A leaf node: data size (4 bytes), flags (2), key size (2, little-endian), key.
+    data = os.path.join(city.server.data_dir, "journal", "data.mdb")
+    flip_byte(data, b"\x08\x00" + struct.pack(">Q", 5), 0, 0x01)  # key size 8 -> 9
+    with pytest.raises(JournalCorrupt, match=r"journal entry \d+: a \d+-byte key"):
+        await Server(city).start("127.0.0.1:0")

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from clearing.limits import RESULT_STRUCT
 from clearing.v1 import cards_pb2, taps_pb2
 from clearing.verify import verify_journal
+from loadgen.soak.city import CITY_WORDS, FUZZ_TERMINALS, FUZZ_TOKENS
 from loadgen.soak.fuzz import (
     DEFAULT_SKIP,
     all_methods,
@@ -32,19 +33,13 @@ from loadgen.soak.fuzz import (
     request_bytes,
     tap_reply_problems,
 )
-from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, terminal_key, terminal_token
+from tests.conftest import NOW_MS, TOKENS, VALIDATOR, terminal_key, terminal_token
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = 300
 SEED = 2030
 METHODS = all_methods()
-ROLE_TOKENS = {
-    **TOKENS,
-    f"terminal:{VALIDATOR}": terminal_token(VALIDATOR),
-    f"terminal:{POS}": terminal_token(POS),
-}
-TERMINALS = {terminal_token(t): (t, terminal_key(t)) for t in (VALIDATOR, POS)}
-CITY_WORDS = ("m-0001", "op-bus-1", "u-water", "hall-1", "agent-01", "2030-03-16", "2030-03-17")
+ROLE_TOKENS, TERMINALS = FUZZ_TOKENS, FUZZ_TERMINALS
 SEEN_CODES = {"OK", "INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "NOT_FOUND"}
 RSS_GROWTH_BYTES_MAX = 96 * 2**20  # client and server share this process
 

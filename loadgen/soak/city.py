@@ -64,3 +64,14 @@ def city_dict(data_dir: str, **server: Any) -> dict:
             {"token": TOKENS["admin"], "role": "ADMIN"},
         ],
     }
+
+
+# For the fuzzer: every principal's token (terminals as "terminal:<id>"), the
+# terminals whose batches it may sign, and strings the server knows.
+FUZZ_TOKENS = {
+    **TOKENS,
+    f"terminal:{VALIDATOR}": terminal_token(VALIDATOR),
+    f"terminal:{POS}": terminal_token(POS),
+}
+FUZZ_TERMINALS = {terminal_token(t): (t, terminal_key(t)) for t in (VALIDATOR, POS)}
+CITY_WORDS = ("m-0001", "op-bus-1", "u-water", "hall-1", "agent-01", "2030-03-16", "2030-03-17")

@@ -19,9 +19,11 @@ from clearing.server.taps import batch_mac
 from clearing.v1 import taps_pb2
 from loadgen.soak.audit import audit
 from loadgen.soak.city import (
+    CITY_WORDS,
+    FUZZ_TERMINALS,
+    FUZZ_TOKENS,
     NOW_MS,
     POS,
-    TOKENS,
     VALIDATOR,
     VALIDATOR_2,
     terminal_key,
@@ -119,12 +121,12 @@ async def hostile_input(root: str, cases: int, seed: int) -> ScenarioResult:
     base = os.path.join(root, "hostile")
     server = ServerProcess(base, soak_city(os.path.join(base, "data")))
     await server.start()
-    tokens = {**TOKENS, "terminal": terminal_token(VALIDATOR)}
-    await fuzz_methods(server.target, tokens, cases=max(50, cases // 10), seed=seed)  # warm-up
+    fuzz = {"words": CITY_WORDS, "terminals": FUZZ_TERMINALS}
+    await fuzz_methods(server.target, FUZZ_TOKENS, cases=max(50, cases // 10), seed=seed, **fuzz)
     rss_before, seq_before = server.rss_bytes(), await journal_last_seq(server)
     async with channel(server.target) as chan:
         accepted, problems = await send_hostile_batches(Stubs(chan), cases, seed)
-    tally = await fuzz_methods(server.target, tokens, cases=cases, seed=seed + 1)
+    tally = await fuzz_methods(server.target, FUZZ_TOKENS, cases=cases, seed=seed + 1, **fuzz)
     growth = server.rss_bytes() - rss_before
     journaled = await journal_last_seq(server) - seq_before
     result.violations += problems + tally.undefined

@@ -64,6 +64,7 @@ async def _finish(server: ServerProcess, traffic: Traffic, result: ScenarioResul
     """Retry what is unknown, stop gracefully, audit once more."""
     await retry_unknown(traffic, server.target)
     result.check(server.terminate() == 0, f"{where}: the graceful stop did not exit 0")
+    traffic.log.write(os.path.join(os.path.dirname(server.config_path), "clients.jsonl"))
     found = audit(server.data_dir, traffic.log, sample_cards=SAMPLE_CARDS)
     result.take(found, where)
     result.violations += traffic.violations

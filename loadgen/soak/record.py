@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 
 import grpc
+import msgspec
+
+_json = msgspec.json.Encoder()
 
 
 class Standing(enum.IntEnum):
@@ -96,6 +99,16 @@ class ClientLog:
         )
         taps = [(body[0], seq, *body[1:]) for seq, body in pending]
         return [taps[i : i + batch_taps] for i in range(0, len(taps), batch_taps)]
+
+    def write(self, path: str) -> None:
+        """The log as JSON lines, one per tap and top-up (``--keep`` leaves it to read)."""
+        with open(path, "wb") as f:
+            for (terminal_id, seq), tap in sorted(self.taps.items()):
+                line = {"tap": [terminal_id, seq], "standing": tap.standing.name}
+                f.write(_json.encode({**line, "answer": tap.answer}) + b"\n")
+            for request_id, top_up in sorted(self.top_ups.items()):
+                line = {"top_up": request_id, "standing": top_up.standing.name}
+                f.write(_json.encode({**line, "answer": top_up.answer}) + b"\n")
 
     def acknowledged(self) -> int:
         return sum(r.standing == Standing.ACKED for r in self.taps.values()) + sum(
