@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loadgen.soak.audit import Audit
@@ -60,6 +61,6 @@ def print_table(results: list[ScenarioResult], console: Console | None = None) -
     console.print(table)
     for r in results:
         if r.note:
-            console.print(f"{r.scenario}: {r.note}")
+            console.print(f"{escape(r.scenario)}: {escape(r.note)}")
         for violation in r.violations:
-            console.print(f"[red]{r.scenario}[/red]: {violation}")
+            console.print(f"[red]{escape(r.scenario)}[/red]: {escape(violation)}")
