@@ -81,6 +81,7 @@ class ForkedCheckpoint:
     def __init__(self, seq: int, chain_hash: bytes, implementation: str, pid: int, path: str):
         self.seq, self.chain_hash, self.implementation = seq, chain_hash, implementation
         self.pid, self.path = pid, path
+        self.forked_at = time.monotonic()
 
     def collect(self) -> Checkpoint | None:
         """Wait for the child; the checkpoint it wrote, or None if it failed."""
@@ -215,9 +216,20 @@ _decoder = msgspec.msgpack.Decoder(Checkpoint)
 _encoder = msgspec.msgpack.Encoder()
 
 
+class CheckpointStats:
+    """What the metrics show of checkpoints (written by the checkpoint thread)."""
+
+    def __init__(self) -> None:
+        self.last_written_unix_s = 0.0  # wall time of the last stored checkpoint
+        self.last_seq = 0
+        self.last_seconds = 0.0  # fork to stored
+        self.failures = 0
+
+
 class CheckpointStore:
     def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
         self.path = path
+        self.stats = CheckpointStats()
         self._env: lmdb.Environment | None = None
         self._queue: queue.SimpleQueue[ForkedCheckpoint | _Release | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -298,10 +310,20 @@ class CheckpointStore:
                     item.checkpoint.discard()
                     continue
                 cp = item.collect()
-                if cp is not None:
-                    self._write(cp.sealed())
+                if cp is None:
+                    self.stats.failures += 1
+                    continue
+                self._write(cp.sealed())
+                self._written(item)
             except Exception as exc:  # costs replay time at the next start, nothing else
+                self.stats.failures += 1
                 log.warning("checkpoint not written", reason=repr(exc))
+
+    def _written(self, item: ForkedCheckpoint) -> None:
+        stats = self.stats
+        stats.last_seconds = time.monotonic() - item.forked_at
+        stats.last_written_unix_s, stats.last_seq = time.time(), item.seq
+        log.info("checkpoint written", seq=item.seq, seconds=round(stats.last_seconds, 3))
 
     def _write(self, cp: Checkpoint) -> None:
         assert self._env is not None

@@ -1,4 +1,5 @@
-"""`clearing` command line: serve, demo-config, demo, journal verify."""
+"""`clearing` command line: serve, status, demo-config, demo, settle, journal verify /
+backup / restore."""
 
 from __future__ import annotations
 
@@ -122,6 +123,64 @@ def journal_verify(config: ConfigOption = None, data_dir: DataDirOption = None) 
     except ClearingError as exc:
         _fail(exc)
     typer.echo(report)
+
+
+@journal_app.command("backup")
+def journal_backup(
+    target: Annotated[str, typer.Argument(help="a new or empty directory for the copy")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """A consistent hot copy of the journal and its checkpoints (the server may run)."""
+    from clearing.backup import backup
+
+    try:
+        manifest = backup(_config(config, data_dir).server.data_dir, target)
+    except ClearingError as exc:
+        _fail(exc)
+    typer.echo(
+        f"backup OK: {target}, journal up to entry {manifest.last_seq} "
+        f"(head {manifest.head_hash[:16]}…), {manifest.journal_bytes:,} bytes"
+    )
+
+
+@journal_app.command("restore")
+def journal_restore(
+    source: Annotated[str, typer.Argument(help="a directory written by `journal backup`")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Put a backup in place (the data directory must hold no journal), then verify it."""
+    from clearing.backup import restore
+    from clearing.verify import verify_journal
+
+    target = _config(config, data_dir).server.data_dir
+    try:
+        manifest = restore(source, target)
+        report = verify_journal(target)
+    except ClearingError as exc:
+        _fail(exc)
+    typer.echo(f"restored the backup of {manifest.taken_at} into {target}\n{report}")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    target: Annotated[str | None, typer.Option(help="gRPC address (default: listen)")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="/metrics URL (default: metrics_listen)")
+    ] = None,
+) -> None:
+    """Health, journal position, last settlement, deny-list version of a running server."""
+    from clearing.status import report
+
+    server = _config(config, None).server
+    text, serving = report(
+        target or server.listen, metrics or f"http://{server.metrics_listen}/metrics"
+    )
+    typer.echo(text)
+    if not serving:
+        raise typer.Exit(1)
 
 
 def main() -> None:

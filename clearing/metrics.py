@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from clearing import tapsum_py as v
+from clearing.engine_metrics import EngineCollector
+from clearing.service import Service
 
 _LATENCY_BUCKETS_SECONDS = (
     0.0005,
@@ -76,6 +86,30 @@ class Metrics:
             registry=r,
         )
         self.serving = Gauge("clearing_serving", "1 while the server acknowledges work", registry=r)
+        self.journal_map_size = Gauge(
+            "clearing_journal_map_size_bytes",
+            "The journal's LMDB map size: writes fail once the file reaches it",
+            registry=r,
+        )
+        grpc_labels = ["grpc_service", "grpc_method"]
+        self.grpc_started = Counter(
+            "clearing_grpc_server_started", "gRPC calls started", grpc_labels, registry=r
+        )
+        self.grpc_handled = Counter(
+            "clearing_grpc_server_handled",
+            "gRPC calls finished, by status code",
+            [*grpc_labels, "grpc_code"],
+            registry=r,
+        )
+        self.grpc_seconds = Histogram(
+            "clearing_grpc_server_handling_seconds",
+            "From a call's start to its end (a stream's whole life)",
+            grpc_labels,
+            buckets=_LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total
+        PlatformCollector(registry=r)
         self._tap_children: dict[str, list] = {}
         self._http = None  # the /metrics HTTP server, once serving
 
@@ -98,6 +132,12 @@ class Metrics:
         self.committed_entries.inc(entries)
         self.commit_latency.observe(seconds)
         self.journal_seq.set(last_seq)
+
+    def watch_engine(self, service: Service) -> None:
+        """Figures read from the engine at scrape time (deny list, gaps, checkpoints,
+        settlement) and the journal's map size."""
+        self.registry.register(EngineCollector(service))
+        self.journal_map_size.set(service.journal.map_size_bytes)
 
     def watch_journal_size(self, size_bytes: Callable[[], int]) -> None:
         self.journal_size.set_function(size_bytes)

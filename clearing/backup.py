@@ -1,0 +1,104 @@
+"""Hot backups of the journal, and their restore.
+
+A backup is LMDB's own consistent copy of the journal environment (one read
+transaction), taken while the server keeps writing. The checkpoint store is
+copied first, so the backup's checkpoints are never ahead of its journal: a
+server restored from it starts from the newest and replays what follows.
+``backup.json`` records the head the copy ends at. Settlement files are not
+copied: they are derived, and rewritten from the journal when asked for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+
+import lmdb
+import msgspec
+
+from clearing.errors import ClearingError
+from clearing.journal import Journal
+from clearing.service import journal_path
+
+MANIFEST_NAME = "backup.json"
+READ_MAP_SIZE_BYTES = 2**20  # read-only opens map the file as it is
+
+
+class BackupManifest(msgspec.Struct, frozen=True):
+    taken_at: str  # UTC, ISO 8601
+    last_seq: int
+    head_hash: str
+    journal_bytes: int
+    checkpoints: bool
+
+
+def _empty_dir(path: str, what: str) -> None:
+    if os.path.exists(path) and os.listdir(path):
+        raise ClearingError(f"{what} {path} is not empty: give a new or empty directory")
+    os.makedirs(path, exist_ok=True)
+
+
+def _copy_env(source: str, target: str, max_dbs: int) -> None:
+    env = lmdb.open(source, readonly=True, lock=True, max_dbs=max_dbs, map_size=READ_MAP_SIZE_BYTES)
+    try:
+        os.makedirs(target, exist_ok=True)
+        env.copy(target, compact=True)
+    finally:
+        env.close()
+
+
+def backup(data_dir: str, target: str) -> BackupManifest:
+    """Copy the journal (and its checkpoints) under ``data_dir`` to ``target``."""
+    source = journal_path(data_dir)
+    if not os.path.exists(os.path.join(source, "data.mdb")):
+        raise ClearingError(f"no journal at {source}: check --config / --data-dir")
+    _empty_dir(target, "backup directory")
+    copied = os.path.join(target, "journal")
+    checkpoints = os.path.join(source, "checkpoints")
+    has_checkpoints = os.path.exists(os.path.join(checkpoints, "data.mdb"))
+    try:
+        if has_checkpoints:  # first: never newer than the journal copied after it
+            _copy_env(checkpoints, os.path.join(copied, "checkpoints"), 1)
+        _copy_env(source, copied, 4)
+    except lmdb.Error as exc:
+        raise ClearingError(f"backup of {source} failed: {exc}") from exc
+    manifest = _check_copy(copied, has_checkpoints)
+    with open(os.path.join(target, MANIFEST_NAME), "wb") as f:
+        f.write(msgspec.json.format(msgspec.json.encode(manifest)))
+    return manifest
+
+
+def _check_copy(journal_dir: str, has_checkpoints: bool) -> BackupManifest:
+    """Walk the copy's hash chain up to its recorded head (JournalCorrupt if broken)."""
+    journal = Journal(journal_dir, READ_MAP_SIZE_BYTES, readonly=True)
+    try:
+        last_seq, head = 0, b""
+        for seq, _, chain in journal.verified_scan():
+            last_seq, head = seq, chain
+    finally:
+        journal.close()
+    return BackupManifest(
+        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        last_seq,
+        head.hex(),
+        os.path.getsize(os.path.join(journal_dir, "data.mdb")),
+        has_checkpoints,
+    )
+
+
+def restore(backup_dir: str, data_dir: str) -> BackupManifest:
+    """Put a backup's journal in place under ``data_dir`` (which must hold none)."""
+    try:
+        with open(os.path.join(backup_dir, MANIFEST_NAME), "rb") as f:
+            manifest = msgspec.json.decode(f.read(), type=BackupManifest)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ClearingError(f"{backup_dir} is not a backup ({MANIFEST_NAME}: {exc})") from exc
+    target = journal_path(data_dir)
+    if os.path.exists(os.path.join(target, "data.mdb")):
+        raise ClearingError(
+            f"{target} already holds a journal: stop the server and move it aside first "
+            "(restore never overwrites a journal)"
+        )
+    shutil.copytree(os.path.join(backup_dir, "journal"), target, dirs_exist_ok=True)
+    return manifest
