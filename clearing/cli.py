@@ -60,14 +60,14 @@ def serve(
     from clearing.server.app import run_server
 
     configure_logging()
-    cfg = _config(config, data_dir)
-    if listen:
-        cfg.server.listen = listen
-    if metrics_listen:
-        cfg.server.metrics_listen = metrics_listen
-    if manual_clock:
-        cfg.server.manual_clock = True
     try:
+        cfg = _config(config, data_dir)
+        if listen:
+            cfg.server.listen = listen
+        if metrics_listen:
+            cfg.server.metrics_listen = metrics_listen
+        if manual_clock:
+            cfg.server.manual_clock = True
         asyncio.run(run_server(cfg))
     except ClearingError as exc:
         _fail(exc)
@@ -174,7 +174,10 @@ def status(
     """Health, journal position, last settlement, deny-list version of a running server."""
     from clearing.status import report
 
-    server = _config(config, None).server
+    try:
+        server = _config(config, None).server
+    except ClearingError as exc:
+        _fail(exc)
     text, serving = report(
         target or server.listen, metrics or f"http://{server.metrics_listen}/metrics"
     )
