@@ -39,8 +39,10 @@ def _empty_dir(path: str, what: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def _copy_env(source: str, target: str, max_dbs: int) -> None:
-    env = lmdb.open(source, readonly=True, lock=True, max_dbs=max_dbs, map_size=READ_MAP_SIZE_BYTES)
+def _copy_env(source: str, target: str, max_dbs: int, map_size_bytes: int) -> None:
+    # The running server's map size: a smaller map would see the file grow past it
+    # mid-copy (MDB_MAP_RESIZED).
+    env = lmdb.open(source, readonly=True, lock=True, max_dbs=max_dbs, map_size=map_size_bytes)
     try:
         os.makedirs(target, exist_ok=True)
         env.copy(target, compact=True)
@@ -48,8 +50,9 @@ def _copy_env(source: str, target: str, max_dbs: int) -> None:
         env.close()
 
 
-def backup(data_dir: str, target: str) -> BackupManifest:
-    """Copy the journal (and its checkpoints) under ``data_dir`` to ``target``."""
+def backup(data_dir: str, target: str, map_size_bytes: int) -> BackupManifest:
+    """Copy the journal (and its checkpoints) under ``data_dir`` to ``target``;
+    ``map_size_bytes`` is the server's ``[server] map_size_bytes``."""
     source = journal_path(data_dir)
     if not os.path.exists(os.path.join(source, "data.mdb")):
         raise ClearingError(f"no journal at {source}: check --config / --data-dir")
@@ -59,8 +62,8 @@ def backup(data_dir: str, target: str) -> BackupManifest:
     has_checkpoints = os.path.exists(os.path.join(checkpoints, "data.mdb"))
     try:
         if has_checkpoints:  # first: never newer than the journal copied after it
-            _copy_env(checkpoints, os.path.join(copied, "checkpoints"), 1)
-        _copy_env(source, copied, 4)
+            _copy_env(checkpoints, os.path.join(copied, "checkpoints"), 1, map_size_bytes)
+        _copy_env(source, copied, 4, map_size_bytes)
     except lmdb.Error as exc:
         raise ClearingError(f"backup of {source} failed: {exc}") from exc
     manifest = _check_copy(copied, has_checkpoints)

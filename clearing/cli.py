@@ -135,7 +135,8 @@ def journal_backup(
     from clearing.backup import backup
 
     try:
-        manifest = backup(_config(config, data_dir).server.data_dir, target)
+        server = _config(config, data_dir).server
+        manifest = backup(server.data_dir, target, server.map_size_bytes)
     except ClearingError as exc:
         _fail(exc)
     typer.echo(
@@ -170,16 +171,23 @@ def status(
     metrics: Annotated[
         str | None, typer.Option(help="/metrics URL (default: metrics_listen)")
     ] = None,
+    ca: Annotated[str | None, typer.Option(help="TLS: the CA of the server's certificate")] = None,
+    cert: Annotated[str | None, typer.Option(help="mutual TLS: a client certificate")] = None,
+    key: Annotated[str | None, typer.Option(help="mutual TLS: its private key")] = None,
 ) -> None:
     """Health, journal position, last settlement, deny-list version of a running server."""
     from clearing.status import report
+    from clearing.tls import ClientTls
 
     try:
         server = _config(config, None).server
+        tls = ClientTls.from_files(ca, cert, key) if ca or cert else None
     except ClearingError as exc:
         _fail(exc)
     text, serving = report(
-        target or server.listen, metrics or f"http://{server.metrics_listen}/metrics"
+        target or server.listen,
+        metrics or f"http://{server.metrics_listen}/metrics",
+        tls.credentials() if tls else None,
     )
     typer.echo(text)
     if not serving:

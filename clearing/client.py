@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clearing.errors import ClearingError
 from clearing.limits import GRPC_MESSAGE_BYTES_MAX, RESULT_STRUCT, TAP_STRUCT
 from clearing.server.taps import batch_mac
+from clearing.tls import ClientTls
 from clearing.v1 import (
     admin_pb2_grpc,
     cards_pb2,
@@ -67,14 +68,16 @@ def unpack_results(reply: taps_pb2.TapBatchResult) -> list[tuple[int, ...]]:
     ]
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
-            ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
-        ],
-    )
+def channel(target: str, *, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """A channel to the server: plaintext, or TLS (mutual TLS with a client
+    certificate) when ``tls`` is given."""
+    options = [
+        ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+        ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options + tls.options())
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -126,10 +129,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def wait_serving(target: str, server: subprocess.Popen, seconds_max: float) -> None:
+async def wait_serving(
+    target: str, server: subprocess.Popen, seconds_max: float, *, tls: ClientTls | None = None
+) -> None:
     """Poll gRPC health until SERVING; ClearingError if the process exits or time runs out."""
     deadline = time.monotonic() + seconds_max
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with channel(target, tls=tls) as chan:
         health = health_pb2_grpc.HealthStub(chan)
         while time.monotonic() < deadline:
             if server.poll() is not None:

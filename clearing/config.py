@@ -22,11 +22,14 @@ from clearing.limits import (
     BATCH_TAPS_MAX,
     BP_MAX,
     CHECKPOINT_EVERY_TAPS,
+    GRACE_SECONDS,
+    GRACE_SECONDS_MAX,
     JOURNAL_MAP_SIZE_BYTES_DEFAULT,
     LEDGER_RECORDS_MAX,
     UINT32_MAX,
     UINT64_MAX,
 )
+from clearing.tls import check_server_files
 
 PartyRoleName = Literal["OPERATOR", "MERCHANT", "UTILITY", "AGENT", "HALL"]
 TerminalClassName = Literal["VALIDATOR", "POS", "BILLING"]
@@ -63,6 +66,14 @@ class ServerSettings(_Section):
     # Restart replays at most this many taps after the newest checkpoint; each
     # checkpoint forks and writes the whole ledger (hundreds of MiB at city size).
     checkpoint_every_taps: int = CHECKPOINT_EVERY_TAPS
+    # Shutdown (SIGTERM): calls in flight get this long to finish; streams end at once.
+    grace_seconds: float = GRACE_SECONDS
+    # TLS (clearing.tls): a certificate and its key, both or neither (plaintext);
+    # a client CA on top requires client certificates of that CA (mutual TLS).
+    # Relative paths are from the working directory, as data_dir is.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
 
 class Limits(_Section):
@@ -156,6 +167,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)  # validated finite: Python's repr is a TOML float
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
     if isinstance(value, dict):
@@ -223,6 +236,15 @@ def _validate_server(server: ServerSettings, source: str) -> None:
             source,
             f"[server] {name} must be in 0..{LEDGER_RECORDS_MAX}",
         )
+    _need(
+        0 <= server.grace_seconds <= GRACE_SECONDS_MAX,  # also false for NaN
+        source,
+        f"[server] grace_seconds must be in 0..{GRACE_SECONDS_MAX:g}",
+    )
+    try:
+        check_server_files(server.tls_cert_file, server.tls_key_file, server.tls_client_ca_file)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 def _validate_limits(limits: Limits, source: str) -> None:

@@ -38,7 +38,7 @@ from clearing.checkpoints import Checkpoint, CheckpointStore, ForkedCheckpoint, 
 from clearing.crashpoints import crash_point
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
-from clearing.limits import GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
+from clearing.limits import DISK_FULL_BYTES, GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
 
 log = structlog.get_logger("clearing.journal")
 FORMAT_VERSION = b"clearing-journal-2"  # 2: day closes, deposits in card operations
@@ -61,14 +61,25 @@ _Item = tuple[Any, ...]
 CommitListener = Callable[[int, float, int], None]  # (entries, seconds, last seq)
 
 
-def storage_message(exc: BaseException, map_size_bytes: int) -> str:
+def _disk_nearly_full(path: str) -> bool:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < DISK_FULL_BYTES
+
+
+def storage_message(exc: BaseException, map_size_bytes: int, path: str = ".") -> str:
     """What went wrong with storage, and what the operator should do."""
     if isinstance(exc, lmdb.MapFullError):
         return (
             f"journal map is full ({map_size_bytes} bytes): raise [server] map_size_bytes "
             "and restart; nothing acknowledged was lost"
         )
-    if isinstance(exc, OSError | lmdb.Error) and "No space left" in str(exc):
+    # A full disk shows as ENOSPC, or as EIO when LMDB's write comes back short.
+    if isinstance(exc, OSError | lmdb.Error) and (
+        "No space left" in str(exc) or _disk_nearly_full(path)
+    ):
         return "disk full under the journal: free space and restart; nothing acknowledged was lost"
     if isinstance(exc, OSError | lmdb.Error) and "File too large" in str(exc):
         return (
@@ -355,7 +366,7 @@ class Journal:
         try:
             self._commit(group)
         except Exception as exc:  # anything: a dead writer must not leave callers hanging
-            self.failure = storage_message(exc, self.map_size_bytes)
+            self.failure = storage_message(exc, self.map_size_bytes, self.path)
             self._resolve(seqs, StorageError(self.failure), 0.0)
             if self.on_failure is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(self.on_failure, self.failure)

@@ -60,6 +60,9 @@ GROUP_COMMIT_ENTRIES_MAX = 256  # bounds one write transaction's size and latenc
 CHECKPOINT_EVERY_TAPS = 5_000_000  # restart replays at most this many taps (about 2 s here)
 CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
 CHECKPOINT_CHILD_SECONDS_MAX = 300.0  # a checkpoint child slower than this is killed
+# A failed write with less room than this left on the journal's filesystem is
+# reported as "disk full" (LMDB reports a short write as EIO, not ENOSPC).
+DISK_FULL_BYTES = 1 * 2**20
 WRITER_LOCK_WAIT_SECONDS = 5.0  # a killed server's checkpoint child may hold it this long
 
 MS_PER_SECOND = 1_000
@@ -93,3 +96,10 @@ TRANSFER_CHECK_SECONDS = 1.0  # how often the server looks for replacement trans
 LATE_DAY_BINS = 8
 SETTLEMENT_TOP_PARTIES = 10  # report.html lists this many merchants and operators
 EXCEPTIONS_SHOWN_MAX = 500  # report.html shows this many exception rows; the CSV has them all
+
+# Shutdown and TLS ------------------------------------------------------------------------
+
+GRACE_SECONDS_MAX = 600.0  # a longer [server] grace_seconds is a typo; systemd would kill it first
+# After NOT_SERVING and before streams are ended: health watchers get this long to hear it.
+HEALTH_NOTICE_SECONDS = 0.2
+TLS_FILE_BYTES_MAX = 2**20  # a PEM chain or key is kilobytes: a bigger file is not one

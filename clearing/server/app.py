@@ -1,28 +1,45 @@
-"""Assembles the gRPC server: servicers, health, reflection, metrics, shutdown."""
+"""Assembles the gRPC server: servicers, health, reflection, metrics, TLS, shutdown.
+
+Shutdown (SIGTERM or SIGINT, or ``Server.stop``): health turns NOT_SERVING;
+streaming calls (StreamTaps, WatchDenyList, health watches) are ended at once
+with UNAVAILABLE, after answering every request they had read (``Draining``);
+no new call is taken; unary calls in flight get ``[server] grace_seconds`` to
+finish, then are cancelled; what is queued is committed, a checkpoint taken,
+LMDB closed. A second signal cuts the grace short; the rest is the same.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import inspect
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+import sdnotify
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clearing.config import Config
-from clearing.limits import GRACE_SECONDS, GRPC_MESSAGE_BYTES_MAX
+from clearing.errors import RequestRejected
+from clearing.limits import GRPC_MESSAGE_BYTES_MAX, HEALTH_NOTICE_SECONDS
 from clearing.metrics import Metrics
 from clearing.server.admin import AdminServicer
 from clearing.server.cards import CardServicer
 from clearing.server.denylist import DenyListServicer
 from clearing.server.malformed import MalformedRequests
+from clearing.server.observe import ObservedCalls
 from clearing.server.settlement import SettlementServicer
+from clearing.server.status import to_status
 from clearing.server.taps import TapServicer
 from clearing.service import Service
 from clearing.settlement.runner import Settlements
+from clearing.tls import server_tls
 from clearing.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -47,6 +64,150 @@ SERVICE_NAMES = (
 )
 
 
+STOPPING_MESSAGE = (
+    "the server is shutting down: this stream ends here, every request it read was answered "
+    "and none after; call again once the server is back"
+)
+
+
+class _Stream:
+    """One stream's read: the task awaiting its next item, None between items."""
+
+    __slots__ = ("cut", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.cut = False
+
+
+class Draining(grpc.aio.ServerInterceptor):
+    """Ends every streaming call promptly once the server is stopping.
+
+    Left alone, a stream (a validator's StreamTaps, a WatchDenyList, a health
+    watch) would hold the whole grace period and be cancelled at its end with
+    answers lost. Instead a stream stops reading requests at once (StreamTaps
+    then answers the batches it read, nothing is left half done) and ends with
+    UNAVAILABLE. A stream waiting for its next item is interrupted (cancelled,
+    and the cancellation turned into that refusal); one busy with an item ends
+    when it asks for the next. Nothing is added to a stream's items but a flag
+    test: StreamTaps carries every tap.
+
+    Handlers that send with ``context.write()`` (health's Watch) are turned
+    into async generators on the way, which the interceptors outside this one
+    (``MalformedRequests``, ``ObservedCalls``) can wrap.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.open_streams = 0
+        self._streams: set[_Stream] = set()
+
+    def stop(self) -> None:
+        """End every stream: those waiting for an item now, the others at their next."""
+        self.stopping = True
+        for stream in self._streams:
+            if stream.task is not None:
+                stream.cut = True
+                stream.task.cancel()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wire = (handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            run = self._streaming(handler.unary_stream, requests_stream=False)
+            return grpc.unary_stream_rpc_method_handler(run, *wire)
+        if handler.stream_stream:
+            run = self._streaming(handler.stream_stream, requests_stream=True)
+            return grpc.stream_stream_rpc_method_handler(run, *wire)
+        return handler  # unary calls finish within the grace period; no client streaming here
+
+    def _streaming(self, behavior, *, requests_stream: bool):
+        async def run(request_or_requests, context):
+            self.open_streams += 1
+            try:
+                if requests_stream:  # the requests stop: StreamTaps answers what it read
+                    replies = behavior(self._until_stopping(request_or_requests), context)
+                else:  # the replies stop
+                    replies = self._until_stopping(_replies(behavior, request_or_requests, context))
+                async for reply in replies:
+                    yield reply
+            except RequestRejected as exc:  # StreamTaps maps it itself; other handlers not
+                await context.abort(*to_status(exc))
+            finally:
+                self.open_streams -= 1
+
+        return run
+
+    async def _until_stopping(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """``items`` until they end, or RequestRejected(UNAVAILABLE) once stopping."""
+        items = aiter(items)
+        stream = _Stream()
+        self._streams.add(stream)
+        try:
+            while not self.stopping:
+                stream.task = asyncio.current_task()
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    # Ours (stop()) becomes the refusal; anyone else's stands.
+                    if not stream.cut or stream.task.uncancel() > 0:
+                        raise
+                    break
+                finally:
+                    stream.task = None
+                yield item
+            raise RequestRejected("UNAVAILABLE", STOPPING_MESSAGE)
+        finally:
+            self._streams.discard(stream)
+
+
+def _replies(behavior, request, context) -> AsyncIterator[Any]:
+    """A unary-stream handler's replies as an async iterator, whichever style it has."""
+    if inspect.isasyncgenfunction(behavior):
+        return behavior(request, context)
+    return _written(behavior, request, context)
+
+
+class _Writes:
+    """A servicer context whose ``write()`` hands replies to a queue."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self.queue: asyncio.Queue = asyncio.Queue(1)  # write() waits for the send, as grpc's
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def write(self, message: Any) -> None:
+        await self.queue.put(message)
+
+
+async def _written(behavior, request, context) -> AsyncIterator[Any]:
+    """Run a handler that sends with ``context.write()``; yield what it writes."""
+    writes = _Writes(context)
+    handler = asyncio.ensure_future(behavior(request, writes))
+    taking: asyncio.Future | None = None
+    try:
+        while True:
+            taking = asyncio.ensure_future(writes.queue.get())
+            await asyncio.wait((taking, handler), return_when=asyncio.FIRST_COMPLETED)
+            if taking.done():
+                yield taking.result()
+                continue
+            while not writes.queue.empty():
+                yield writes.queue.get_nowait()
+            handler.result()  # its error (an abort) is the call's
+            return
+    finally:
+        for task in (taking, handler):
+            if task is not None and not task.done():
+                task.cancel()
+
+
 class Server:
     """A running engine: the service (journal + engine) behind a gRPC server."""
 
@@ -56,14 +217,22 @@ class Server:
         self.service = Service(config, ledger_class=ledger_class)
         self.settlements = Settlements(self.service)
         self.health = health.aio.HealthServicer()
+        self.draining = Draining()
         self.grpc: grpc.aio.Server | None = None
         self.port = 0
         self._health_task: asyncio.Future | None = None
+        self._hurry = asyncio.Event()  # a second signal: stop waiting for calls in flight
+        self._stopped: asyncio.Future | None = None
 
     async def start(self, listen: str | None = None) -> int:
         """Replay, then listen; health turns SERVING only when all is ready."""
+        settings = self.config.server
+        # Read first: a bad file must not leave a journal open behind it.
+        tls = server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
         self.grpc = grpc.aio.server(
-            interceptors=[MalformedRequests()],
+            # Outermost first: every call is counted (malformed ones too); Draining,
+            # innermost, hands the others async generators only (see its docstring).
+            interceptors=[ObservedCalls(self.metrics), MalformedRequests(), self.draining],
             options=[
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
@@ -87,11 +256,16 @@ class Server:
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
             SettlementServicer(self.service, self.settlements), self.grpc
         )
-        if self.config.server.reflection:
+        if settings.reflection:
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
             )
-        self.port = self.grpc.add_insecure_port(listen or self.config.server.listen)
+        address = listen or settings.listen
+        if tls is None:
+            self.port = self.grpc.add_insecure_port(address)
+        else:
+            self.port = self.grpc.add_secure_port(address, tls.credentials())
+        log.info("listening", address=address, transport=tls.mode if tls else "plaintext (no TLS)")
         await self.grpc.start()
         await self.service.start()
         gc.collect()
@@ -109,6 +283,7 @@ class Server:
         # Read at scrape time (under the GIL, between engine calls); O(cards) in the core.
         self.metrics.watch_float(lambda: self.service.engine.ledger.total_balance_fen())
         self.metrics.journal_seq.set(journal.last_seq)
+        self.metrics.watch_engine(self.service)
 
     def _storage_failed(self, message: str) -> None:
         log.error("storage failure: no more work is acknowledged", reason=message)
@@ -121,27 +296,88 @@ class Server:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def stop(self, grace_seconds: float = GRACE_SECONDS) -> None:
-        """NOT_SERVING, finish calls in flight, commit, checkpoint, close LMDB."""
+    def hurry(self) -> None:
+        """Stop waiting for calls in flight: cancel them now (what is queued still commits)."""
+        self._hurry.set()
+
+    async def _unless_hurried(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), seconds)
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """NOT_SERVING, end streams, let unary calls finish within the grace period
+        (default ``[server] grace_seconds``), commit, checkpoint, close LMDB.
+
+        Once only: a second call waits for the first (LMDB must be closed once)."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._stop(grace_seconds))
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self, grace_seconds: float | None) -> None:
+        grace = self.config.server.grace_seconds if grace_seconds is None else grace_seconds
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics.serving.set(0)
         if self.grpc is not None:
-            await self.grpc.stop(grace_seconds)
+            if self.draining.open_streams and grace > 0:
+                await self._unless_hurried(min(HEALTH_NOTICE_SECONDS, grace))
+            self.draining.stop()
+            if self._hurry.is_set():
+                grace = 0.0
+            log.info("stopping: no new calls", grace_seconds=grace)
+            stopped = asyncio.ensure_future(self.grpc.stop(grace))
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait((stopped, hurried), return_when=asyncio.FIRST_COMPLETED)
+            hurried.cancel()
+            if not stopped.done():
+                log.warning("calls in flight cancelled before the grace period ended")
+                await self.grpc.stop(0)  # grpc: a second stop cancels what is left
+            await stopped
         await self.service.stop()
         self.metrics.stop_http()
         log.info("stopped", last_seq=self.service.engine.last_seq)
 
 
+class Systemd:
+    """``Type=notify`` readiness and stopping (sd_notify); nothing without NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        self._notifier = sdnotify.SystemdNotifier()
+        if os.environ.get("NOTIFY_SOCKET") and self._notifier.socket is None:
+            log.warning("NOTIFY_SOCKET is set but cannot be reached: systemd is not told")
+
+    def notify(self, *fields: str) -> None:
+        self._notifier.notify("\n".join(fields))
+
+
 async def run_server(config: Config, *, on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal
+    cuts the grace period short (calls in flight are cancelled, the rest is the same)."""
     server = Server(config)
-    port = await server.start()
-    server.metrics.serve_http(config.server.metrics_listen)
-    if on_ready is not None:
-        on_ready(port)
+    systemd = Systemd()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("second signal: cancelling calls in flight", signal=sig.name)
+            server.hurry()
+            return
+        log.info("signal: shutting down", signal=sig.name)
+        stop.set()
+
+    # Handlers before the replay: a signal while starting still stops cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        port = await server.start()
+        if not stop.is_set():
+            server.metrics.serve_http(config.server.metrics_listen)
+            systemd.notify("READY=1", f"STATUS=serving on {port}")
+            if on_ready is not None:
+                on_ready(port)
+            await stop.wait()
+        systemd.notify("STOPPING=1", "STATUS=stopping: finishing calls in flight")
+        await server.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

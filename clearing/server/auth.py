@@ -1,4 +1,5 @@
-"""Bearer-token principals and the role matrix (SPEC §9), in one table."""
+"""Bearer-token principals and the role matrix (SPEC §9), in one table; under
+mutual TLS, the terminal a client certificate names (``clearing.tls``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 from clearing.errors import ClearingError, RequestRejected
 from clearing.server.status import to_status
 from clearing.service import Principal, Service
+from clearing.tls import certificate_terminal
 
 # "Service/Method" -> roles allowed. A method missing here is refused to all.
 METHOD_ROLES: dict[str, frozenset[str]] = {
@@ -63,9 +65,31 @@ def authorize(service: Service, context: grpc.aio.ServicerContext, method: str) 
     principal = service.principal(token)
     if principal is None:
         raise RequestRejected("UNAUTHENTICATED", "unknown bearer token")
+    if service.config.server.tls_client_ca_file:  # only mutual TLS has client certificates
+        check_certificate(principal, context)
     if principal.role not in METHOD_ROLES.get(method, frozenset()):
         raise RequestRejected("PERMISSION_DENIED", f"role {principal.role} may not call {method}")
     return principal
+
+
+def check_certificate(principal: Principal, context: grpc.aio.ServicerContext) -> None:
+    """A certificate naming a terminal carries that terminal's token only; one
+    naming no terminal leaves the token to decide (see clearing.tls)."""
+    terminal_id = certificate_terminal(context.auth_context())
+    if terminal_id is None:
+        return
+    if principal.role != "TERMINAL":
+        raise RequestRejected(
+            "PERMISSION_DENIED",
+            f"the client certificate is terminal {terminal_id}'s: "
+            f"it may not carry a {principal.role} token",
+        )
+    if principal.terminal_id != terminal_id:
+        raise RequestRejected(
+            "PERMISSION_DENIED",
+            f"the bearer token is terminal {principal.terminal_id}'s, "
+            f"the client certificate terminal {terminal_id}'s",
+        )
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext, Principal], Awaitable[Any]]
