@@ -7,6 +7,9 @@ server runs in this process on a fresh data directory.
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -266,3 +269,28 @@ async def test_reflection_stays_off_unless_configured(tls_target, pki):
             async for _ in call:
                 pass
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _status(target: str, *tls_args: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "clearing", "status", "--target", target]
+    argv += ["--metrics", "http://127.0.0.1:1/metrics", *tls_args]  # health is what counts here
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+async def test_clearing_status_speaks_tls(tls_target, pki):
+    plain = await asyncio.to_thread(_status, tls_target)
+    assert plain.returncode == 1 and "UNREACHABLE" in plain.stdout
+    shown = await asyncio.to_thread(_status, tls_target, "--ca", pki.ca_file)
+    assert shown.returncode == 0 and "SERVING" in shown.stdout, shown.stdout + shown.stderr
+
+
+async def test_clearing_status_speaks_mutual_tls(mtls_target, pki, tmp_path):
+    without = await asyncio.to_thread(_status, mtls_target, "--ca", pki.ca_file)
+    assert without.returncode == 1 and "UNREACHABLE" in without.stdout
+    desk = pki.ca.issue_cert("desk-1")
+    cert, key = tmp_path / "desk.pem", tmp_path / "desk.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in desk.cert_chain_pems))
+    key.write_bytes(desk.private_key_pem.bytes())
+    args = ("--ca", pki.ca_file, "--cert", str(cert), "--key", str(key))
+    mutual = await asyncio.to_thread(_status, mtls_target, *args)
+    assert mutual.returncode == 0 and "SERVING" in mutual.stdout, mutual.stdout + mutual.stderr
