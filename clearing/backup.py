@@ -103,5 +103,39 @@ def restore(backup_dir: str, data_dir: str) -> BackupManifest:
             f"{target} already holds a journal: stop the server and move it aside first "
             "(restore never overwrites a journal)"
         )
-    shutil.copytree(os.path.join(backup_dir, "journal"), target, dirs_exist_ok=True)
+    # Staged beside it, synced and checked against the manifest, then renamed into
+    # place: a failed or interrupted restore leaves no journal that looks real.
+    staging = f"{target}.restoring"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(os.path.join(backup_dir, "journal"), staging)
+        _fsync_tree(staging)
+        found = _check_copy(staging, manifest.checkpoints)
+        if (found.last_seq, found.head_hash) != (manifest.last_seq, manifest.head_hash):
+            raise ClearingError(
+                f"the backup's journal ends at entry {found.last_seq}, its manifest says "
+                f"{manifest.last_seq}: the backup is damaged, take another"
+            )
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)  # an empty leftover at most (checked above)
+    os.rename(staging, target)
+    _fsync_dir(os.path.dirname(target))
     return manifest
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(directory, name), "rb+") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(directory)

@@ -74,6 +74,9 @@ class ServerSettings(_Section):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # Under mutual TLS, a terminal's token is accepted only over its own certificate
+    # (CN or SAN terminal-<id>): a leaked token alone, over a desk's certificate, is useless.
+    tls_terminal_certificate_required: bool = True
 
 
 class Limits(_Section):

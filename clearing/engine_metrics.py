@@ -43,7 +43,10 @@ class EngineCollector(Collector):
         engine = self.service.engine
         gaps: dict[str, int] = defaultdict(int)
         for terminal in list(engine.registry.terminals.values()):
-            last_seq, received = engine.ledger.terminal_status(terminal.terminal_id)
+            try:
+                last_seq, received = engine.ledger.terminal_status(terminal.terminal_id)
+            except KeyError:  # being added right now: in the registry, not yet in the ledger
+                continue
             gaps[terminal.terminal_class] += last_seq - received
         family = GaugeMetricFamily(
             "clearing_terminal_gap_taps",
@@ -77,12 +80,17 @@ class EngineCollector(Collector):
         yield failures
 
     def _settlement(self) -> Iterator[GaugeMetricFamily]:
-        """The newest settled business date and when it was settled, from the journal."""
-        settled = dict(self.service.engine.days.settled)
+        """The newest settled business date and when it was settled, from the journal
+        (a SettledEntry applied but not yet committed is not read, nor counted)."""
+        journal = self.service.journal
+        committed = journal.committed_seq
+        settled = {
+            d: s for d, (s, _) in list(self.service.engine.days.settled.items()) if s <= committed
+        }
         when_s = day_s = 0.0
         if settled:
             date = max(settled)
-            when_s = self.service.journal.accepted_at_ms(settled[date][0]) / 1000
+            when_s = journal.accepted_at_ms(settled[date]) / 1000
             settings = self.service.engine.registry.settings
             zone = ZoneInfo(settings.timezone if settings else "UTC")
             day_s = dt.datetime.combine(dt.date.fromisoformat(date), dt.time(), zone).timestamp()

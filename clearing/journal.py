@@ -183,6 +183,11 @@ class Journal:
         """Highest seq committed or queued."""
         return self._head_seq
 
+    @property
+    def committed_seq(self) -> int:
+        """Highest seq durably committed."""
+        return self._committed_seq
+
     def size_bytes(self) -> int:
         info = self._env.info()
         return info["last_pgno"] * self._env.stat()["psize"]

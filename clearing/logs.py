@@ -18,7 +18,9 @@ import structlog
 CARD_FIELDS = frozenset({"card_id", "old_card_id", "new_card_id", "card"})
 CARD_DIGITS_SHOWN = 4
 LOG_FORMAT_ENV = "CLEARING_LOG_FORMAT"  # "json" or "console"; default: console on a terminal
-_LONG_NUMBER = re.compile(r"\d{8,}")  # card numbers inside free text (messages, details)
+# Card numbers inside free text (messages, details): any number right after the
+# word "card", and any run of digits as long as a card number.
+_CARD_NUMBER = re.compile(r"(?i)(?<=card)(\D{0,3})(\d{5,})|\d{12,}")
 
 
 def mask_card(value: Any) -> str:
@@ -26,13 +28,31 @@ def mask_card(value: Any) -> str:
     return "*" * max(0, len(text) - CARD_DIGITS_SHOWN) + text[-CARD_DIGITS_SHOWN:]
 
 
+def _mask_text(text: str) -> str:
+    def one(match: re.Match) -> str:
+        if match.group(2) is not None:
+            return match.group(1) + mask_card(match.group(2))
+        return mask_card(match.group())
+
+    return _CARD_NUMBER.sub(one, text)
+
+
+def _mask(key: str, value: Any) -> Any:
+    if key in CARD_FIELDS and isinstance(value, int | str):
+        return mask_card(value)
+    if isinstance(value, str) and key != "request_id":
+        return _mask_text(value)
+    if isinstance(value, list | tuple):
+        return [_mask(key, item) for item in value]
+    if isinstance(value, dict):
+        return {k: _mask(str(k), v) for k, v in value.items()}
+    return value
+
+
 def mask_cards(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: card fields masked, long numbers in text masked too."""
-    for key, value in event.items():
-        if key in CARD_FIELDS:
-            event[key] = mask_card(value)
-        elif key != "request_id" and isinstance(value, str) and _LONG_NUMBER.search(value):
-            event[key] = _LONG_NUMBER.sub(lambda m: mask_card(m.group()), value)
+    """structlog processor: card fields masked, card numbers in text masked too."""
+    for key, value in list(event.items()):
+        event[key] = _mask(key, value)
     return event
 
 

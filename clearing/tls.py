@@ -10,7 +10,9 @@ for that terminal only: the bearer token must be that terminal's own, and any
 other token (another terminal's, a hall's, an admin's) is PERMISSION_DENIED.
 A certificate that names no terminal (a hall desk's, finance's, an operator's
 tool) proves only that the caller holds a certificate of the configured CA;
-the bearer token then decides the principal alone.
+the bearer token then decides the principal, except that a terminal's token
+is refused over it unless ``[server] tls_terminal_certificate_required`` is
+turned off (so a leaked terminal token is useless without the terminal's key).
 
 Client side: ``ClientTls`` builds channel credentials for ``clearing.client.channel``.
 """

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -102,6 +103,15 @@ async def test_a_backup_taken_under_load_restores_to_a_server_serving_its_balanc
     with open(os.path.join(backup_dir, "backup.json")) as f:
         manifest = json.load(f)
 
+    # A backup whose journal does not end where its manifest says is refused, leaving nothing.
+    lying = tmp_path / "lying"
+    shutil.copytree(backup_dir, lying)
+    (lying / "backup.json").write_text(json.dumps({**manifest, "last_seq": 1}))
+    elsewhere = tmp_path / "elsewhere"
+    refused = _cli("journal", "restore", str(lying), "--data-dir", str(elsewhere))
+    assert refused.returncode == 2 and "damaged" in refused.stderr
+    assert not os.path.exists(elsewhere / "journal" / "data.mdb")
+
     restored_root = tmp_path / "restored"
     restored = ServerProcess(str(restored_root), soak_city(str(restored_root / "data")))
     done = _cli("journal", "restore", backup_dir, "--config", restored.config_path)
@@ -134,6 +144,10 @@ async def test_status_and_json_logs_with_request_ids_and_no_whole_card_number(tm
             )
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+        with contextlib.suppress(grpc.aio.AioRpcError):  # NOT_FOUND: a refusal naming a card
+            await stub.GetCard(
+                cards_pb2.GetCardRequest(card_id=9_000_777), metadata=bearer(TOKENS["hall"])
+            )
     shown = await asyncio.to_thread(
         _cli, "status", "--target", server.target,
         "--metrics", f"http://{server.metrics_target}/metrics",
@@ -146,8 +160,9 @@ async def test_status_and_json_logs_with_request_ids_and_no_whole_card_number(tm
         lines = [json.loads(line) for line in f if line.startswith("{")]
     refused = [e for e in lines if e.get("event") == "call refused"]
     assert any(e.get("request_id") == "abc123" for e in refused), refused[:3]
+    assert any(e.get("code") == "NOT_FOUND" and "0777" in e.get("details", "") for e in refused)
     text = "\n".join(json.dumps(e) for e in lines)
-    assert not any(str(card) in text for card in CARDS)
+    assert not any(str(card) in text for card in [*CARDS, 9_000_777])
     down = _cli("status", "--target", server.target, "--metrics", "http://127.0.0.1:1/metrics")
     assert down.returncode == 1 and "UNREACHABLE" in down.stdout
 

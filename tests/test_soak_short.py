@@ -71,10 +71,13 @@ async def test_the_audit_catches_lost_and_wrongly_applied_requests(tmp_path):
     clean = audit(server.data_dir, log)
     assert (clean.lost, clean.duplicated, clean.violations) == (0, 0, [])
 
-    acked = next(k for k, r in log.taps.items() if r.standing == Standing.ACKED)
-    log.taps[acked].standing = Standing.REFUSED  # it is in the journal: applied though refused
+    acked = [k for k, r in log.taps.items() if r.standing == Standing.ACKED]
+    log.taps[acked[0]].standing = Standing.REFUSED  # it is in the journal: applied though refused
+    record = log.taps[acked[1]]
+    record.answer = (*record.answer[:3], record.answer[3] + 1, *record.answer[4:])  # misanswered
     log.tap(VALIDATOR, (CARDS[0], 10**9, 200, NOW_MS, 1), Standing.ACKED, (1, 1, 0, 200, 0, 0, 5))
     log.top_up("never-sent", CARDS[0], 100, Standing.ACKED, (CardOpStatus.OK, 3))
     found = audit(server.data_dir, log)
     assert found.lost == 2
     assert any("refused, yet applied" in v for v in found.violations)
+    assert any(f"tap {acked[1]} answered" in v for v in found.violations)

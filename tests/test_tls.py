@@ -188,12 +188,20 @@ async def test_the_terminal_may_be_named_by_a_subject_alternative_name(mtls_targ
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_a_certificate_naming_no_terminal_leaves_the_token_to_decide(mtls_target, pki):
+async def test_a_certificate_naming_no_terminal_carries_other_tokens_only(mtls_target, pki):
     desk = pki.client("hall-desk-1", common_name="hall-desk-1")
     assert await _deny_list(mtls_target, desk, TOKENS["hall"]) == 0
-    assert len(await _submit(mtls_target, desk, VALIDATOR, VALIDATOR)) == 1
+    code, details = await _refused(mtls_target, desk, terminal_token(VALIDATOR))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "own client certificate" in details
     code, _ = await _refused(mtls_target, desk, "not-a-known-token-at-all")
     assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_terminal_tokens_over_any_certificate_when_so_configured(tmp_path, pki):
+    config = _config(tmp_path, pki, mutual=True, tls_terminal_certificate_required=False)
+    desk = pki.client("hall-desk-1", common_name="hall-desk-1")
+    async for target in _serve(config):
+        assert len(await _submit(target, desk, VALIDATOR, VALIDATOR)) == 1
 
 
 async def test_an_ambiguous_terminal_certificate_is_refused(mtls_target, pki):

@@ -332,8 +332,8 @@ class Server:
                 log.warning("calls in flight cancelled before the grace period ended")
                 await self.grpc.stop(0)  # grpc: a second stop cancels what is left
             await stopped
+        self.metrics.stop_http()  # before LMDB closes: a scrape reads the journal
         await self.service.stop()
-        self.metrics.stop_http()
         log.info("stopped", last_seq=self.service.engine.last_seq)
 
 

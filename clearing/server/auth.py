@@ -65,18 +65,28 @@ def authorize(service: Service, context: grpc.aio.ServicerContext, method: str) 
     principal = service.principal(token)
     if principal is None:
         raise RequestRejected("UNAUTHENTICATED", "unknown bearer token")
-    if service.config.server.tls_client_ca_file:  # only mutual TLS has client certificates
-        check_certificate(principal, context)
+    server = service.config.server
+    if server.tls_client_ca_file:  # only mutual TLS has client certificates
+        check_certificate(principal, context, server.tls_terminal_certificate_required)
     if principal.role not in METHOD_ROLES.get(method, frozenset()):
         raise RequestRejected("PERMISSION_DENIED", f"role {principal.role} may not call {method}")
     return principal
 
 
-def check_certificate(principal: Principal, context: grpc.aio.ServicerContext) -> None:
+def check_certificate(
+    principal: Principal, context: grpc.aio.ServicerContext, terminal_required: bool
+) -> None:
     """A certificate naming a terminal carries that terminal's token only; one
-    naming no terminal leaves the token to decide (see clearing.tls)."""
+    naming no terminal carries any other token, and a terminal's only when
+    ``[server] tls_terminal_certificate_required`` is off (see clearing.tls)."""
     terminal_id = certificate_terminal(context.auth_context())
     if terminal_id is None:
+        if terminal_required and principal.role == "TERMINAL":
+            raise RequestRejected(
+                "PERMISSION_DENIED",
+                f"terminal {principal.terminal_id}'s token needs its own client certificate "
+                f"(subject CN or SAN terminal-{principal.terminal_id})",
+            )
         return
     if principal.role != "TERMINAL":
         raise RequestRejected(

@@ -142,5 +142,5 @@ class CardServicer(cards_pb2_grpc.CardServiceServicer):
     async def GetCard(self, request, context, principal):
         card = await self.service.get_card(request.card_id)
         if card is None:
-            raise RequestRejected("NOT_FOUND", f"no card {request.card_id}")
+            raise RequestRejected("NOT_FOUND", f"no card {masked(request.card_id)}")
         return card_message(request.card_id, card, self.service.engine.book)

@@ -104,6 +104,9 @@ async def stream_client(stubs: Stubs, traffic: Traffic, stop: asyncio.Event) -> 
             traffic.log.batch(VALIDATOR, taps, max(standing, Standing.UNKNOWN))
         in_flight.clear()
     finally:
+        for taps in in_flight:  # the stream ended with these unanswered
+            traffic.log.batch(VALIDATOR, taps, Standing.UNKNOWN)
+        in_flight.clear()
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
         call.cancel()
