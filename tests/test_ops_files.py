@@ -157,17 +157,20 @@ def test_dashboard_is_importable_json_with_unique_ids_and_a_templated_data_sourc
     assert 36 <= dashboard["schemaVersion"] <= 41
     assert dashboard["uid"] and dashboard["title"]
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
-    assert "DS_PROMETHEUS" in {v["name"] for v in dashboard["templating"]["list"]}
+    # The import input is the variable's default; panels follow the variable, so its
+    # "Data source" dropdown still works after an import.
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["name"] == "datasource" and variable["current"]["value"] == "${DS_PROMETHEUS}"
     panels = _panels(dashboard)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
             assert target["expr"].strip(), panel["title"]
         refs = [t["refId"] for t in panel["targets"]]
         assert len(refs) == len(set(refs)), panel["title"]
