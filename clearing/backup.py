@@ -20,9 +20,9 @@ import msgspec
 from clearing.errors import ClearingError
 from clearing.journal import Journal
 from clearing.service import journal_path
+from clearing.verify import READ_MAP_SIZE_BYTES
 
 MANIFEST_NAME = "backup.json"
-READ_MAP_SIZE_BYTES = 2**20  # read-only opens map the file as it is
 
 
 class BackupManifest(msgspec.Struct, frozen=True):

@@ -21,12 +21,10 @@ from clearing.codes import CardOpStatus, ChargedTo, TapStatus
 from clearing.engine import Engine
 from clearing.entries import CardOpEntry, SeedEntry, TapBatchEntry
 from clearing.errors import JournalError
-from clearing.journal import Journal
 from clearing.limits import RESULT_STRUCT, TAP_STRUCT
-from clearing.service import journal_path
+from clearing.verify import replayed
 from loadgen.soak.record import ClientLog, Standing, comparable
 
-READ_MAP_SIZE_BYTES = 2**20  # read-only: LMDB maps the file as it is
 VIOLATIONS_KEPT = 20  # enough to see the pattern; the counts say how many
 
 
@@ -80,15 +78,9 @@ def audit(data_dir: str, log: ClientLog, *, sample_cards: list[int] = ()) -> Aud
 
 
 def _replay(data_dir: str) -> tuple[Engine, _Book]:
-    journal = Journal(journal_path(data_dir), READ_MAP_SIZE_BYTES, readonly=True)
     engine, book = Engine(), _Book()
-    try:
-        for _, value, _ in journal.verified_scan():
-            envelope = entries.decode(value)
-            engine.replay(envelope)  # raises JournalCorrupt where it differs from the record
-            _add(book, envelope)
-    finally:
-        journal.close()
+    for envelope, _ in replayed(data_dir, engine):
+        _add(book, envelope)
     return engine, book
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 
-from clearing.client import Stubs, bearer, channel
-from clearing.v1 import cards_pb2
+from clearing.client import Stubs, channel
+from clearing.status import scrape
+from loadgen.check import balances
 from loadgen.soak.audit import Audit
 from loadgen.soak.city import TOKENS, city_dict
 from loadgen.soak.result import ScenarioResult
@@ -34,30 +34,13 @@ def soak_city(data_dir: str, **server) -> dict:
 
 async def journal_last_seq(server: ServerProcess) -> int:
     """The server's last committed journal entry, from its /metrics."""
-
-    def read() -> str:
-        url = f"http://{server.metrics_target}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode()
-
-    for line in (await asyncio.to_thread(read)).splitlines():
-        if line.startswith("clearing_journal_last_seq "):
-            return int(float(line.split()[1]))
-    raise AssertionError("no clearing_journal_last_seq in /metrics")
+    samples = await asyncio.to_thread(scrape, f"http://{server.metrics_target}/metrics")
+    return int(samples["clearing_journal_last_seq"])
 
 
 async def served_balances(target: str, cards: list[int]) -> dict[int, int]:
     async with channel(target) as chan:
-        stubs = Stubs(chan)
-        replies = await asyncio.gather(
-            *(
-                stubs.cards.GetCard(
-                    cards_pb2.GetCardRequest(card_id=c), metadata=bearer(TOKENS["hall"])
-                )
-                for c in cards
-            )
-        )
-    return {c: reply.balance_fen for c, reply in zip(cards, replies, strict=True)}
+        return await balances(Stubs(chan), TOKENS["hall"], cards)
 
 
 async def check_served(server: ServerProcess, audit: Audit, result: ScenarioResult, where: str):
