@@ -19,6 +19,7 @@ import msgspec
 
 from clearing.errors import ClearingError
 from clearing.journal import Journal
+from clearing.lmdb_check import open_checked
 from clearing.service import journal_path
 from clearing.verify import READ_MAP_SIZE_BYTES
 
@@ -39,10 +40,16 @@ def _empty_dir(path: str, what: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def _copy_env(source: str, target: str, max_dbs: int, map_size_bytes: int) -> None:
+def _copy_env(source: str, target: str, max_dbs: int, map_size_bytes: int, label: str) -> None:
     # The running server's map size: a smaller map would see the file grow past it
-    # mid-copy (MDB_MAP_RESIZED).
-    env = lmdb.open(source, readonly=True, lock=True, max_dbs=max_dbs, map_size=map_size_bytes)
+    # mid-copy (MDB_MAP_RESIZED). The compacting copy follows every tree: checked first.
+    env = open_checked(
+        source,
+        label,
+        lambda: lmdb.open(
+            source, readonly=True, lock=True, max_dbs=max_dbs, map_size=map_size_bytes
+        ),
+    )
     try:
         os.makedirs(target, exist_ok=True)
         env.copy(target, compact=True)
@@ -62,8 +69,10 @@ def backup(data_dir: str, target: str, map_size_bytes: int) -> BackupManifest:
     has_checkpoints = os.path.exists(os.path.join(checkpoints, "data.mdb"))
     try:
         if has_checkpoints:  # first: never newer than the journal copied after it
-            _copy_env(checkpoints, os.path.join(copied, "checkpoints"), 1, map_size_bytes)
-        _copy_env(source, copied, 4, map_size_bytes)
+            _copy_env(
+                checkpoints, os.path.join(copied, "checkpoints"), 1, map_size_bytes, "checkpoints"
+            )
+        _copy_env(source, copied, 4, map_size_bytes, "journal")
     except lmdb.Error as exc:
         raise ClearingError(f"backup of {source} failed: {exc}") from exc
     manifest = _check_copy(copied, has_checkpoints)

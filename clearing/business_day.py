@@ -7,18 +7,31 @@ hours long where the zone observes daylight saving.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from zoneinfo import ZoneInfo
 
 from clearing.errors import RequestRejected
+from clearing.limits import QUOTED_INPUT_CHARS_MAX
+
+# Exactly YYYY-MM-DD in ASCII digits. date.fromisoformat alone is too lenient
+# (3.11 takes 20261121 and 2026-W47-6 too): one date must have one spelling, the
+# one settlement directories, files and journal entries use.
+_BUSINESS_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 
 
 def parse_business_date(text: str) -> dt.date:
-    """A date as YYYY-MM-DD, or INVALID_ARGUMENT saying so."""
+    """A caller's business date, exactly YYYY-MM-DD, or INVALID_ARGUMENT saying so."""
+    match = _BUSINESS_DATE.fullmatch(text)
     try:
-        return dt.date.fromisoformat(text)
-    except ValueError as exc:
+        if match is None:
+            raise ValueError("not of the form YYYY-MM-DD")
+        return dt.date(*(int(part) for part in match.groups()))
+    except ValueError as exc:  # the form, or no such day (2026-02-30, year 0)
+        cut = len(text) > QUOTED_INPUT_CHARS_MAX
+        quoted = repr(text[:QUOTED_INPUT_CHARS_MAX]) + ("…" if cut else "")
         raise RequestRejected(
-            "INVALID_ARGUMENT", f"business date {text!r} is not a date like 2026-11-21"
+            "INVALID_ARGUMENT",
+            f"business date {quoted} is not a date written YYYY-MM-DD (like 2026-11-21): {exc}",
         ) from exc
 
 

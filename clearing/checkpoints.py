@@ -26,7 +26,9 @@ import msgspec
 import structlog
 
 from clearing.crashpoints import crash_point
+from clearing.errors import JournalError
 from clearing.limits import CHECKPOINT_CHILD_SECONDS_MAX, CHECKPOINTS_KEPT
+from clearing.lmdb_check import open_checked
 
 log = structlog.get_logger("clearing.checkpoints")
 _SEQ = struct.Struct(">Q")
@@ -54,19 +56,24 @@ def checkpoint_digest(cp: Checkpoint) -> bytes:
 
 
 def open_durable(
-    path: str, map_size_bytes: int, *, readonly: bool, max_dbs: int
+    path: str, map_size_bytes: int, *, readonly: bool, max_dbs: int, label: str
 ) -> lmdb.Environment:
-    """An LMDB environment whose every commit is fsync'd (data and meta), no writemap."""
-    return lmdb.open(
+    """An LMDB environment whose every commit is fsync'd (data and meta), no writemap,
+    opened only once its pages pass ``lmdb_check`` (StoreDamaged names the page)."""
+    return open_checked(
         path,
-        map_size=map_size_bytes,
-        subdir=True,
-        readonly=readonly,
-        sync=True,
-        metasync=True,
-        writemap=False,
-        max_dbs=max_dbs,
-        lock=True,
+        label,
+        lambda: lmdb.open(
+            path,
+            map_size=map_size_bytes,
+            subdir=True,
+            readonly=readonly,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            max_dbs=max_dbs,
+            lock=True,
+        ),
     )
 
 
@@ -237,7 +244,7 @@ class CheckpointStore:
             return  # none written yet: nothing to read
         try:
             self._open(map_size_bytes, readonly)
-        except lmdb.Error as exc:  # damaged: costs a full replay, never the start
+        except (lmdb.Error, JournalError) as exc:  # damaged: costs a full replay, not the start
             log.warning("checkpoint store unusable", path=path, reason=repr(exc))
             self._env = None
             if not readonly:
@@ -250,7 +257,9 @@ class CheckpointStore:
             for name in os.listdir(self.path):
                 if name.endswith(PARTIAL_SUFFIX):
                     _unlink(os.path.join(self.path, name))
-        self._env = open_durable(self.path, map_size_bytes, readonly=readonly, max_dbs=1)
+        self._env = open_durable(
+            self.path, map_size_bytes, readonly=readonly, max_dbs=1, label="checkpoints"
+        )
         self._db = self._env.open_db(b"checkpoints", create=not readonly)
         if not readonly:
             self._env.reader_check()  # reader slots left by killed processes

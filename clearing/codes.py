@@ -20,6 +20,9 @@ class TapStatus(enum.IntEnum):
     UNKNOWN_CARD = 6
     CARD_BLOCKED = 7
     INSUFFICIENT_FUNDS = 8
+    # terminal_seq more than limits.TERMINAL_SEQ_AHEAD_MAX above the terminal's highest;
+    # checked after DUPLICATE and ID_CONFLICT, before INVALID_AMOUNT and the rest.
+    SEQUENCE_TOO_FAR_AHEAD = 9
 
 
 class ChargedTo(enum.IntEnum):

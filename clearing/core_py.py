@@ -24,6 +24,7 @@ from clearing.limits import (
     RESULT_STRUCT,
     TAP_BYTES,
     TAP_STRUCT,
+    TERMINAL_SEQ_AHEAD_MAX,
 )
 
 IMPLEMENTATION = "python"
@@ -107,6 +108,7 @@ class Ledger:
         transfer_discount_fen: int,
         liability_window_ms: int,
         concession_bp: Sequence[int],
+        terminal_seq_ahead_max: int = TERMINAL_SEQ_AHEAD_MAX,
     ) -> None:
         assert len(concession_bp) == 4, "one concession per card type ADULT..DISABLED"
         self._max_tap_fen = max_tap_fen
@@ -116,6 +118,7 @@ class Ledger:
         self._transfer_discount_fen = transfer_discount_fen
         self._liability_window_ms = liability_window_ms
         self._concession_bp = (0, *concession_bp)  # indexed by CardType
+        self._seq_ahead_max = terminal_seq_ahead_max  # 0: no bound (journals before it)
 
     def set_min_boarding_balance(self, min_boarding_balance_fen: int) -> None:
         """Cards charged below this are reported by take_low_balance_crossings()."""
@@ -189,7 +192,8 @@ class Ledger:
 
     def terminal_seqs(self, terminal_id: int) -> list[int]:
         """Every distinct terminal_seq received, ascending (cold path: gaps)."""
-        return sorted(seq for (tid, seq) in self._taps if tid == terminal_id)
+        far = TapStatus.SEQUENCE_TOO_FAR_AHEAD  # on record for its retries, not received
+        return sorted(k[1] for k, r in self._taps.items() if k[0] == terminal_id and r[4] != far)
 
     def tap_record_count(self) -> int:
         return len(self._taps)
@@ -259,24 +263,16 @@ class Ledger:
         if seen is not None:
             return self._repeat(seen, card_id, amount, occurred, route, journal_seq)
         # Rate first: a tap that raises (overflow) must leave nothing of itself behind.
-        status, charged_to, charged = self._rate(terminal, card_id, amount, occurred, route, now_ms)
-        terminal[2] = max(terminal[2], seq)
-        terminal[3] += 1
+        status, charged_to, charged = self._rate(terminal, tap, now_ms)
+        if status != TapStatus.SEQUENCE_TOO_FAR_AHEAD:  # that one is on record, not received
+            terminal[2] = max(terminal[2], seq)
+            terminal[3] += 1
         card = self._cards.get(card_id)
         balance_after = card.balance_fen if card is not None else 0
         if card is not None:
             self._card_taps.setdefault(card_id, []).append(key)
-        self._taps[key] = (
-            card_id,
-            amount,
-            occurred,
-            route,
-            status,
-            charged_to,
-            charged,
-            balance_after,
-            journal_seq,
-        )
+        record = (card_id, amount, occurred, route, status, charged_to, charged, balance_after)
+        self._taps[key] = (*record, journal_seq)
         discount = amount - charged if status == TapStatus.OK else 0
         return (status, charged_to, 0, charged, discount, balance_after, journal_seq)
 
@@ -299,16 +295,13 @@ class Ledger:
         return (TapStatus.ID_CONFLICT, 0, 0, 0, 0, balance, journal_seq)
 
     def _rate(
-        self,
-        terminal: list[int],
-        card_id: int,
-        amount: int,
-        occurred: int,
-        route: int,
-        now_ms: int,
+        self, terminal: list[int], tap: tuple[int, int, int, int, int], now_ms: int
     ) -> tuple[int, int, int]:
         """(status, charged_to, charged_fen), applying an OK tap to the card."""
+        card_id, seq, amount, occurred, route = tap
         terminal_class = terminal[0]
+        if self._seq_ahead_max and seq - terminal[2] > self._seq_ahead_max:  # body unread
+            return TapStatus.SEQUENCE_TOO_FAR_AHEAD, ChargedTo.CHARGED_TO_NONE, 0
         if amount <= 0 or amount > self._max_tap_fen:
             return TapStatus.INVALID_AMOUNT, ChargedTo.CHARGED_TO_NONE, 0
         if occurred < now_ms - self._max_late_ms:

@@ -98,6 +98,9 @@ class SettingsRecord(msgspec.Struct, array_like=True, frozen=True):
     concession_bp: dict[str, int]
     timezone: str = "Asia/Shanghai"  # business days (SPEC §2) are journaled too
     cutoff: str = "04:00"
+    # limits.TERMINAL_SEQ_AHEAD_MAX when journaled; 0 (no bound) in a journal written
+    # before the bound existed, whose taps replay as they were answered then.
+    terminal_seq_ahead_max: int = 0
 
 
 class ConfigEntry(msgspec.Struct, tag="config", array_like=True, frozen=True):

@@ -26,6 +26,19 @@ class JournalCorrupt(JournalError):
         self.seq = seq
 
 
+class StoreDamaged(JournalError):
+    """An LMDB page is damaged, found by plain reads before LMDB follows it."""
+
+    def __init__(self, store: str, page: int, what: str) -> None:
+        super().__init__(
+            f"{store} page {page} {what}: the file is damaged. Keep the data directory as "
+            "it is; restoring the latest backup loses what was acknowledged after it "
+            "(RUNBOOK, ClearingDown)."
+        )
+        self.store = store
+        self.page = page
+
+
 class StorageError(ClearingError):
     """Disk or map full, or another storage failure: stop acknowledging work."""
 

@@ -20,7 +20,6 @@ refuses every later append, so the service stops acknowledging work.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import queue
 import struct
@@ -38,10 +37,10 @@ from clearing.checkpoints import Checkpoint, CheckpointStore, ForkedCheckpoint, 
 from clearing.crashpoints import crash_point
 from clearing.entries import GENESIS_HASH, Envelope
 from clearing.errors import JournalCorrupt, JournalError, StorageError
-from clearing.limits import DISK_FULL_BYTES, GROUP_COMMIT_ENTRIES_MAX, WRITER_LOCK_WAIT_SECONDS
+from clearing.journal_guard import check_format, storage_message, take_writer_lock
+from clearing.limits import GROUP_COMMIT_ENTRIES_MAX
 
 log = structlog.get_logger("clearing.journal")
-FORMAT_VERSION = b"clearing-journal-2"  # 2: day closes, deposits in card operations
 _SEQ = struct.Struct(">Q")
 
 
@@ -61,34 +60,6 @@ _Item = tuple[Any, ...]
 CommitListener = Callable[[int, float, int], None]  # (entries, seconds, last seq)
 
 
-def _disk_nearly_full(path: str) -> bool:
-    try:
-        stat = os.statvfs(path)
-    except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize < DISK_FULL_BYTES
-
-
-def storage_message(exc: BaseException, map_size_bytes: int, path: str = ".") -> str:
-    """What went wrong with storage, and what the operator should do."""
-    if isinstance(exc, lmdb.MapFullError):
-        return (
-            f"journal map is full ({map_size_bytes} bytes): raise [server] map_size_bytes "
-            "and restart; nothing acknowledged was lost"
-        )
-    # A full disk shows as ENOSPC, or as EIO when LMDB's write comes back short.
-    if isinstance(exc, OSError | lmdb.Error) and (
-        "No space left" in str(exc) or _disk_nearly_full(path)
-    ):
-        return "disk full under the journal: free space and restart; nothing acknowledged was lost"
-    if isinstance(exc, OSError | lmdb.Error) and "File too large" in str(exc):
-        return (
-            "the journal file reached the process's file size limit (ulimit -f, "
-            "LimitFSIZE=): raise it and restart; nothing acknowledged was lost"
-        )
-    return f"journal storage failed ({type(exc).__name__}: {exc}); check the disk and restart"
-
-
 def _seq_of(key: bytes, expected_seq: int) -> int:
     """The seq a journal key holds; a key of another size is damage (near ``expected_seq``)."""
     if len(key) != _SEQ.size:
@@ -98,29 +69,6 @@ def _seq_of(key: bytes, expected_seq: int) -> int:
     return _SEQ.unpack(key)[0]
 
 
-def _take_writer_lock(path: str) -> int:
-    """One writing process per journal: a second writer would fork the hash chain.
-
-    Waits a little: a killed server's checkpoint child holds the lock it inherited
-    until it has written its file (a second or two).
-    """
-    fd = os.open(os.path.join(path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + WRITER_LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-        os.close(fd)
-        raise JournalError(
-            f"another process is writing the journal at {path} (a running server?): "
-            "stop it first, or ask the server (SettlementService for settlement)"
-        ) from None
-
-
 class Journal:
     def __init__(self, path: str, map_size_bytes: int, *, readonly: bool = False) -> None:
         self.path = path
@@ -128,22 +76,37 @@ class Journal:
         self._lock_fd = -1
         if not readonly:
             os.makedirs(path, exist_ok=True)
-            self._lock_fd = _take_writer_lock(path)
+            self._lock_fd = take_writer_lock(path)
         elif not os.path.exists(os.path.join(path, "data.mdb")):
             raise JournalError(f"no journal at {path}: check the data directory")
         try:
-            self._env = open_durable(path, map_size_bytes, readonly=readonly, max_dbs=4)
+            self._env = open_durable(
+                path, map_size_bytes, readonly=readonly, max_dbs=4, label="journal"
+            )
         except lmdb.Error as exc:
             self._release_lock()
             raise JournalError(f"cannot open the journal at {path}: {exc}") from exc
-        self._entries = self._env.open_db(b"journal", create=not readonly)
-        self.checkpoints = CheckpointStore(
-            os.path.join(path, "checkpoints"), map_size_bytes, readonly=readonly
-        )
-        self._meta = self._env.open_db(b"meta", create=not readonly)
-        if not readonly:
-            self._env.reader_check()  # clear reader slots left by killed processes
-            self._check_format()
+        except BaseException:
+            self._release_lock()
+            raise
+        try:
+            if not readonly:
+                self._env.reader_check()  # clear reader slots left by killed processes
+                check_format(self._env, path)  # writes only to a new, empty journal
+            self._entries = self._env.open_db(b"journal", create=False)
+            self._meta = self._env.open_db(b"meta", create=False)
+            self.checkpoints = CheckpointStore(
+                os.path.join(path, "checkpoints"), map_size_bytes, readonly=readonly
+            )
+        except BaseException as exc:
+            self._env.close()
+            self._release_lock()
+            if isinstance(exc, lmdb.NotFoundError):
+                raise JournalError(
+                    f"journal at {path} lacks its journal or meta database: not a journal, "
+                    "or damaged. Keep the data directory as it is (RUNBOOK, ClearingDown)"
+                ) from exc
+            raise
         self._head_hash, self._head_seq = self._read_head()
         if not readonly:
             self.checkpoints.drop_after(self._head_seq)
@@ -158,18 +121,6 @@ class Journal:
         self.on_failure: Callable[[str], None] | None = None
 
     # Reading ---------------------------------------------------------------
-
-    def _check_format(self) -> None:
-        with self._env.begin(write=True, db=self._meta) as txn:
-            found = txn.get(b"format")
-            if found is None:
-                txn.put(b"format", FORMAT_VERSION)
-            elif found != FORMAT_VERSION:
-                raise JournalError(
-                    f"journal at {self.path} has format {found.decode(errors='replace')}, "
-                    f"this engine writes {FORMAT_VERSION.decode()}: keep that data directory "
-                    "with the version that wrote it and start this one on a new one"
-                )
 
     def _read_head(self) -> tuple[bytes, int]:
         with self._env.begin(db=self._entries) as txn:

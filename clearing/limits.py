@@ -48,8 +48,17 @@ GRPC_MESSAGE_BYTES_MAX = BATCH_TAPS_MAX * (TAP_BYTES + RESULT_BYTES) + 64 * 1024
 # The ledger core indexes cards and tap records with 31-bit positions.
 LEDGER_RECORDS_MAX = 2**31 - 1
 
+# Terminal sequences (SPEC §5) -----------------------------------------------------
+
+# A tap whose terminal_seq is more than this above its terminal's highest so far is
+# refused (SEQUENCE_TOO_FAR_AHEAD) and does not count as received: one bad number
+# would otherwise report ~1.8e19 missing taps for good. A validator that lost a
+# week of records at one tap a second around the clock (604,800) still fits.
+TERMINAL_SEQ_AHEAD_MAX = 1_000_000
+
 # Card operations ----------------------------------------------------------------
 
+QUOTED_INPUT_CHARS_MAX = 40  # a refusal quotes the caller's text (a date), cut to this
 REQUEST_ID_BYTES_MAX = 128  # a UUID is 36; anything much longer is a client bug
 CARD_HISTORY_ENTRIES_MAX = 1_000  # one dispute screen, not an export
 
@@ -103,3 +112,22 @@ GRACE_SECONDS_MAX = 600.0  # a longer [server] grace_seconds is a typo; systemd 
 # After NOT_SERVING and before streams are ended: health watchers get this long to hear it.
 HEALTH_NOTICE_SECONDS = 0.2
 TLS_FILE_BYTES_MAX = 2**20  # a PEM chain or key is kilobytes: a bigger file is not one
+
+# The /metrics port ---------------------------------------------------------------
+
+# A scrape's request line is "GET /metrics HTTP/1.1" (a few name[] filters at most),
+# so 8 KiB is ample and bounds what a stranger makes a connection read; more is a 414.
+METRICS_REQUEST_LINE_BYTES_MAX = 8192
+# A client silent this long is dropped: a half-sent request holds no thread for ever
+# (Prometheus' default scrape timeout is 10 s, and a scrape takes milliseconds).
+METRICS_CLIENT_SECONDS_MAX = 10.0
+# Connections served at once (a thread each); more are closed unanswered, so a flood
+# of idle connections costs threads up to this bound, not without end.
+METRICS_CONNECTIONS_MAX = 16
+METRICS_LOGGED_TEXT_CHARS_MAX = 200  # a request line echoed in a debug line is cut here
+
+# Page checks (clearing.lmdb_check) --------------------------------------------------
+
+# A hot verify or backup checks pages while a server commits: a meta page read in the
+# middle of its write looks damaged, so the check is tried once more after this.
+LMDB_CHECK_RETRY_SECONDS = 0.05

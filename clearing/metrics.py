@@ -1,9 +1,24 @@
-"""Prometheus metrics: `clearing_` prefix, base units, `_total` counters, no card labels."""
+"""Prometheus metrics: `clearing_` prefix, base units, `_total` counters, no card labels.
+
+/metrics is served by prometheus_client's WSGI app (its paths, content
+negotiation and compression unchanged) behind a small server of ours: the port
+faces anyone who can reach it, so a bad or vanishing client gets a short error
+answer or nothing, and at most one debug log line, never a traceback on stderr.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import sys
+import threading
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,12 +26,21 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 
 from clearing import tapsum_py as v
 from clearing.engine_metrics import EngineCollector
+from clearing.limits import (
+    METRICS_CLIENT_SECONDS_MAX,
+    METRICS_CONNECTIONS_MAX,
+    METRICS_LOGGED_TEXT_CHARS_MAX,
+    METRICS_REQUEST_LINE_BYTES_MAX,
+)
 from clearing.service import Service
+
+log = structlog.get_logger("clearing.metrics")
+
 
 _LATENCY_BUCKETS_SECONDS = (
     0.0005,
@@ -111,7 +135,7 @@ class Metrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total
         PlatformCollector(registry=r)
         self._tap_children: dict[str, list] = {}
-        self._http = None  # the /metrics HTTP server, once serving
+        self._http: MetricsHttpServer | None = None  # the /metrics server, once serving
 
     def observe_batch(self, terminal_class: str, summary: Sequence[int], seconds: float) -> None:
         """``summary``: the batch's ``clearing.tapsum`` vector (counts and charged sums)."""
@@ -146,13 +170,108 @@ class Metrics:
         self.float_fen.set_function(float_fen)
 
     def serve_http(self, listen: str) -> None:
+        """Serve /metrics on ``listen`` ("host:port") from a daemon thread."""
         host, _, port = listen.rpartition(":")
-        self._http, _ = start_http_server(
-            int(port), addr=host or "127.0.0.1", registry=self.registry
-        )
+        self._http = MetricsHttpServer(host.strip("[]") or "127.0.0.1", int(port), self.registry)
+        threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
 
     def stop_http(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _Scrape(ServerHandler):
+    """wsgiref's run of the app for one request; an error in it (a collector
+    failing) is one warning line instead of a traceback printed to stderr."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        log.warning("metrics scrape failed", error=f"{exc_info[0].__name__}: {exc_info[1]}")
+
+
+class _MetricsRequest(WSGIRequestHandler):
+    """One connection, one request (as wsgiref), with the request line bounded
+    and a client that resets, stops reading or goes silent dropped quietly."""
+
+    timeout = METRICS_CLIENT_SECONDS_MAX  # StreamRequestHandler.setup sets it on the socket
+
+    def handle(self) -> None:
+        # The bound is on the whole exchange, not on each read: a client trickling a
+        # byte at a time would otherwise hold its slot for ever.
+        deadline = threading.Timer(self.timeout, self._drop)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            self._handle_one()
+        except OSError as exc:  # reset, broken pipe, timed out: the client is gone
+            log.debug("metrics client gone", client=self.client_address[0], error=repr(exc))
+        finally:
+            deadline.cancel()
+
+    def _drop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _handle_one(self) -> None:
+        # wsgiref's handle(), but with our bound on the request line.
+        self.raw_requestline = self.rfile.readline(METRICS_REQUEST_LINE_BYTES_MAX + 1)
+        if len(self.raw_requestline) > METRICS_REQUEST_LINE_BYTES_MAX:
+            self.requestline = self.request_version = self.command = ""
+            self.close_connection = True
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        if not self.parse_request():  # it answered 400 / 431 / 505 itself
+            return
+        scrape = _Scrape(
+            self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=False
+        )
+        scrape.request_handler = self  # wsgiref logs the request through it
+        scrape.run(self.server.get_app())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        text = (format % args)[:METRICS_LOGGED_TEXT_CHARS_MAX]
+        log.debug("metrics request", client=self.client_address[0], message=text)
+
+
+class MetricsHttpServer(ThreadingMixIn, WSGIServer):
+    """prometheus_client's /metrics app on our quiet request handler."""
+
+    daemon_threads = True  # a client in flight does not hold up the stop
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5):
+    # a burst of scrapers past it would wait a second for their SYN to be retried.
+    request_queue_size = 4 * METRICS_CONNECTIONS_MAX
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS_MAX)
+        # IPv4 or IPv6, whichever the address is (as prometheus_client's own server).
+        family, *_, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.address_family = family
+        super().__init__((address[0], port), _MetricsRequest)
+        self.set_app(make_wsgi_app(registry))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics connection refused: too many open", client=client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """What escaped a connection (not the client leaving: handle() takes that):
+        one line, where socketserver would print a traceback to stderr."""
+        log.warning(
+            "metrics connection failed", client=client_address[0], error=repr(sys.exc_info()[1])
+        )

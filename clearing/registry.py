@@ -21,7 +21,7 @@ from clearing.entries import (
     SettingsRecord,
     TerminalRecord,
 )
-from clearing.limits import MS_PER_DAY, MS_PER_SECOND
+from clearing.limits import MS_PER_DAY, MS_PER_SECOND, TERMINAL_SEQ_AHEAD_MAX
 
 
 def settings_from_config(config: Config) -> SettingsRecord:
@@ -36,6 +36,7 @@ def settings_from_config(config: Config) -> SettingsRecord:
         concession_bp=dict(rules.concession_bp),
         timezone=config.server.timezone,
         cutoff=config.server.cutoff,
+        terminal_seq_ahead_max=TERMINAL_SEQ_AHEAD_MAX,
     )
 
 
@@ -136,6 +137,7 @@ class Registry:
             transfer_discount_fen=rules["transfer_discount_fen"],
             liability_window_ms=rules["liability_window_s"] * MS_PER_SECOND,
             concession_bp=[self.settings.concession_bp[name] for name in CARD_TYPE_NAMES],
+            terminal_seq_ahead_max=self.settings.terminal_seq_ahead_max,
         )
 
     # Questions ---------------------------------------------------------------

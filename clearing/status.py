@@ -1,6 +1,7 @@
 """`clearing status`: a running server's health and position, for operators.
 
-Reads gRPC health and the server's /metrics; needs no token.
+Reads gRPC health and the server's /metrics; needs no token. Counts and fen are
+integers: they are read and printed exactly, never through a float's rounding.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 STATUS_TIMEOUT_SECONDS = 5.0
+FLOAT_EXACT = 2**53  # every integer up to this is exact in a float (a double)
 
 
 def health(target: str, credentials: grpc.ChannelCredentials | None = None) -> str:
@@ -33,16 +35,41 @@ def health(target: str, credentials: grpc.ChannelCredentials | None = None) -> s
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def scrape(url: str) -> dict[str, float]:
+def scrape(url: str) -> dict[str, int | float]:
     """The samples of a /metrics page: ``name`` or ``name{label=value,...}`` -> value."""
     with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT_SECONDS) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
+        return parse_samples(response.read().decode())
+
+
+def parse_samples(text: str) -> dict[str, int | float]:
+    """``scrape`` of a page's text. An integer is an ``int``: exact as written, or a float's
+    value where floats hold integers exactly (prometheus_client writes 1234567 as
+    ``1234567.0`` and 12345678 as ``1.2345678e+07``). Beyond that a float stays a float."""
+    samples: dict[str, int | float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+            value = sample.value  # the parser gives an int for an integer as written
+            if isinstance(value, float) and value.is_integer() and abs(value) <= FLOAT_EXACT:
+                value = int(value)
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = value
     return samples
+
+
+def count_text(value: int | float) -> str:
+    """An integer as such; a float beyond exact integers marked ``~`` (never ``1.8e+19``)."""
+    if isinstance(value, int):
+        return str(value)
+    if value.is_integer():
+        return f"~{int(value)}" if abs(value) > FLOAT_EXACT else str(int(value))
+    return f"{value:g}"
+
+
+def _yuan(fen: int | float) -> str:
+    if not isinstance(fen, int):
+        return f"{fen / 100:,.2f}"
+    whole, cents = divmod(abs(fen), 100)
+    return f"{'-' if fen < 0 else ''}{whole:,}.{cents:02d}"
 
 
 def _age(unix_s: float) -> str:
@@ -75,7 +102,8 @@ def report(target: str, metrics_url: str, credentials=None) -> tuple[str, bool]:
         ),
         f"deny list         version {int(m.get('clearing_deny_list_version', 0))}",
         f"last checkpoint   {_age(m.get('clearing_checkpoint_last_success_timestamp_seconds', 0))}",
-        f"float             {m.get('clearing_float_fen', 0) / 100:,.2f} yuan",
-        "terminal gaps     " + (", ".join(f"{c} {int(n)}" for c, n in gaps.items()) or "none"),
+        f"float             {_yuan(m.get('clearing_float_fen', 0))} yuan",
+        "terminal gaps     "
+        + (", ".join(f"{c} {count_text(n)}" for c, n in gaps.items()) or "none"),
     ]
     return "\n".join(lines), state == "SERVING"

@@ -55,8 +55,8 @@ def status_counts(summary: list[int]) -> list[int]:
     return [summary[DUP_COUNT], *fresh]
 
 
-# Rejections whose list amount passed the amount check and may be summed safely
-# (an ID_CONFLICT or INVALID_AMOUNT tap may carry any int64 at all).
+# Rejections whose list amount passed the amount check and may be summed safely (an
+# ID_CONFLICT, INVALID_AMOUNT or SEQUENCE_TOO_FAR_AHEAD tap may carry any int64 at all).
 _SUMMED_REJECTIONS = frozenset(
     {
         TapStatus.TOO_LATE,
@@ -90,7 +90,7 @@ def summarise(
         status, charged_to, duplicate, charged, discount, _, seq = RESULT_STRUCT.unpack_from(
             packed_results, i * RESULT_BYTES
         )
-        if not TapStatus.OK <= status <= TapStatus.INSUFFICIENT_FUNDS:
+        if not TapStatus.OK <= status <= TapStatus.SEQUENCE_TOO_FAR_AHEAD:
             v[BAD] += 1
         elif duplicate:
             # The original answer again: applied by an entry no later than this one.

@@ -31,6 +31,7 @@ from clearing.limits import (
     INT64_MIN,
     RESULT_STRUCT,
     TAP_STRUCT,
+    TERMINAL_SEQ_AHEAD_MAX,
     UINT32_MAX,
     UINT64_MAX,
 )
@@ -43,7 +44,9 @@ NOW = 1_760_000_000_000
 TICK = 600_000  # ten minutes: the time grid
 
 CARD_POOL = [1, 2, 3, 4, 5, 6, 7, 8, 0, UINT64_MAX]  # not all of them get issued
-SEQ_POOL = [1, 2, 3, 5, 8, 13, 2**63, UINT64_MAX - 1, UINT64_MAX]
+AHEAD = TERMINAL_SEQ_AHEAD_MAX
+# Small numbers, the first refused on a fresh terminal and beyond: SEQUENCE_TOO_FAR_AHEAD.
+SEQ_POOL = [1, 2, 3, 5, 8, 13, AHEAD, AHEAD + 1, 2**63, UINT64_MAX - 1, UINT64_MAX]
 ROUTE_POOL = [0, 1, 2, 3, UINT32_MAX]
 PARTIES = 4
 # The engine's card history and low-balance watch, where the twin has them.
@@ -82,6 +85,8 @@ def configs(draw) -> dict:
         "concession_bp": [
             draw(st.sampled_from([10_000, 5_000, 7_500, 3_333, 1, 0, 20_000])) for _ in range(4)
         ],
+        # 0: no bound, as a journal written before it replays (issue 12)
+        "terminal_seq_ahead_max": draw(st.sampled_from([AHEAD, AHEAD, 0])),
     }
     if draw(st.sampled_from([False, False, True])):
         for name in draw(st.lists(st.sampled_from(sorted(EXTREMES)), min_size=1, max_size=2)):
@@ -139,9 +144,12 @@ class Pair:
     def __init__(self) -> None:
         self.c = ledger_class("c")()
         self.py = ledger_class("python")()
+        self.configured: dict = {}
         assert self.c.implementation == "c" and self.py.implementation == "python"
 
     def call(self, method: str, *args, **kwargs):
+        if method == "configure":
+            self.configured = kwargs
         outcomes = []
         for ledger in (self.c, self.py):
             try:
@@ -166,6 +174,9 @@ class Pair:
     def restore_c(self) -> None:
         blob = self.c.snapshot()
         fresh = ledger_class("c")()
+        # As Engine.restore: the journaled configuration first (terminal_seq_ahead_max
+        # is not in a snapshot), then the snapshot.
+        fresh.configure(**self.configured)
         fresh.restore(blob)
         assert fresh.snapshot() == blob
         self.c = fresh
@@ -279,16 +290,23 @@ def test_compiled_core_matches_python_twin(data):
         terminal_id = draw(st.sampled_from(terminals))
         sent = sent_by.setdefault(terminal_id, [])
         taps: list[bytes] = []
+        # The terminal's highest so far (read off the twin, then followed through the
+        # batch as the rule goes): the edge of SEQUENCE_TOO_FAR_AHEAD is measured from it.
+        highest = pair.py.terminal_status(terminal_id)[0]
         for _ in range(draw(st.integers(1, 25))):
             if (sent or taps) and draw(st.integers(0, 6)) == 6:
                 taps.append(draw(st.sampled_from(sent + taps)))
                 continue
-            pick = draw(st.integers(0, 9))
+            pick = draw(st.integers(0, 10))
             if pick <= 7:  # the terminal's next number, now and then after a gap
                 seq = next_seq.get(terminal_id, 1) + draw(st.sampled_from([0, 0, 0, 1, 5]))
                 next_seq[terminal_id] = seq + 1
-            else:  # an old number (a conflict, or a duplicate by chance) or a huge one
+            elif pick <= 9:  # an old number (a conflict, or a duplicate by chance) or a huge one
                 seq = draw(st.sampled_from(SEQ_POOL))
+            else:  # at the edge of the numbers accepted, or just past it
+                seq = min(highest + AHEAD + draw(st.sampled_from([0, 1, -1, 2])), UINT64_MAX)
+            if seq - highest <= AHEAD or not pair.configured["terminal_seq_ahead_max"]:
+                highest = max(highest, seq)
             if seq0_odds and draw(st.integers(0, seq0_odds)) == seq0_odds:
                 seq = 0
             validator = terminal_class_of[terminal_id] == TerminalClass.VALIDATOR

@@ -21,6 +21,7 @@ from clearing.limits import (
     RESULT_BYTES,
     RESULT_STRUCT,
     TAP_STRUCT,
+    TERMINAL_SEQ_AHEAD_MAX,
     UINT32_MAX,
     UINT64_MAX,
 )
@@ -298,6 +299,125 @@ def test_id_conflict_reports_the_current_balance(ledger):
     )
     # The same seq on another terminal is a different tap altogether.
     assert one(ledger, BUS, tap(STUDENT, 1, 200), journal_seq=4) == ok(100, 100, FUNDS - 3_100, 4)
+
+
+# 2b. SEQUENCE_TOO_FAR_AHEAD ----------------------------------------------------------------
+
+AHEAD = TERMINAL_SEQ_AHEAD_MAX
+FAR = TapStatus.SEQUENCE_TOO_FAR_AHEAD
+
+
+def test_a_sequence_too_far_ahead_is_refused_and_changes_nothing(ledger):
+    assert one(ledger, BUS, tap(ADULT, 5, 200)) == ok(200, 0, FUNDS - 200)
+    far = [tap(ADULT, 5 + AHEAD + 1, 200), tap(ADULT, UINT64_MAX, 200), tap(STUDENT, 2**63, 200)]
+    assert apply(ledger, BUS, far, journal_seq=2) == [
+        rejected(FAR, FUNDS - 200, 2),
+        rejected(FAR, FUNDS - 200, 2),
+        rejected(FAR, FUNDS, 2),
+    ]
+    assert balance(ledger, ADULT) == FUNDS - 200 and balance(ledger, STUDENT) == FUNDS
+    # Not received: the highest and the gaps are as before.
+    assert ledger.terminal_status(BUS) == (5, 1)
+    assert ledger.terminal_seqs(BUS) == [5]
+    # A retry gets the same answer (the refusal is on record), a new body an ID_CONFLICT.
+    again = one(ledger, BUS, tap(ADULT, UINT64_MAX, 200), journal_seq=5)
+    assert again == rejected(FAR, FUNDS - 200, 2)._replace(duplicate=1)
+    assert ledger.repeated_results(BUS, b"".join(far)) is not None  # a retried batch: no entry
+    changed = one(ledger, BUS, tap(ADULT, UINT64_MAX, 201), journal_seq=6)
+    assert changed == rejected(TapStatus.ID_CONFLICT, FUNDS - 200, 6)
+    assert ledger.terminal_status(BUS) == (5, 1)
+    # The terminal carries on with its next numbers.
+    assert one(ledger, BUS, tap(ADULT, 6, 200), journal_seq=7) == ok(200, 0, FUNDS - 400, 7)
+    assert ledger.terminal_status(BUS) == (6, 2)
+    assert ledger.terminal_seqs(BUS) == [5, 6]
+
+
+def test_the_limit_counts_from_the_highest_so_far_in_the_batch(ledger):
+    # A fresh terminal's highest is 0: AHEAD is the first number still accepted.
+    assert apply(ledger, SHOP, [tap(RICH, AHEAD + 1, 100), tap(RICH, AHEAD, 100)]) == [
+        rejected(FAR, 1_000_000),
+        ok(100, 0, 1_000_000 - 100),
+    ]
+    assert ledger.terminal_status(SHOP) == (AHEAD, 1)
+    # Taps earlier in the batch raise the highest; a refused one does not.
+    results = apply(
+        ledger,
+        BUS,
+        [
+            tap(ADULT, 3, 200),
+            tap(ADULT, 3 + AHEAD + 1, 200),  # refused
+            tap(ADULT, 3 + AHEAD, 200),  # exactly the limit ahead of 3: accepted
+            tap(ADULT, 3 + 2 * AHEAD, 200),  # the limit ahead of the new highest: accepted
+            tap(ADULT, 3 + AHEAD + 1, 200),  # now within the window, but a retry: refused still
+        ],
+        journal_seq=2,
+    )
+    assert [r.status for r in results] == [OK, FAR, OK, OK, FAR]
+    assert results[4] == rejected(FAR, FUNDS - 200, 2)._replace(duplicate=1)
+    assert ledger.terminal_status(BUS) == (3 + 2 * AHEAD, 3)
+    assert ledger.terminal_seqs(BUS) == [3, 3 + AHEAD, 3 + 2 * AHEAD]
+
+
+def test_a_sequence_too_far_ahead_comes_before_the_body_checks(ledger):
+    ledger.set_card_state(ELDERLY, CardState.LOST, NOW)
+    far = AHEAD + 1
+    packed = b"".join(
+        [
+            tap(ADULT, far, 0),  # an invalid amount
+            tap(ADULT, far + 1, 200, NOW - MAX_LATE - 1),  # too late
+            tap(ADULT, far + 2, 200, NOW + SKEW + 1),  # in the future
+            tap(NO_CARD, far + 3, 200),  # no such card
+            tap(ELDERLY, far + 4, 200),  # blocked
+            tap(ADULT, far + 5, FUNDS + 1),  # short of funds
+        ]
+    )
+    results = ledger.apply_batch(WATER, packed, NOW, 1)
+    assert [Result(*r) for r in RESULT_STRUCT.iter_unpack(results)] == [
+        rejected(FAR, FUNDS),
+        rejected(FAR, FUNDS),
+        rejected(FAR, FUNDS),
+        rejected(FAR, 0),
+        rejected(FAR, FUNDS),
+        rejected(FAR, FUNDS),
+    ]
+    assert ledger.terminal_status(WATER) == (0, 0)
+    assert balance(ledger, ADULT) == FUNDS
+    fresh = [0] * STATUS_COUNT
+    fresh[FAR] = 6
+    assert ledger.count_statuses(results) == fresh
+    retried = ledger.apply_batch(WATER, packed, NOW, 2)
+    assert ledger.count_statuses(retried) == [6] + [0] * (STATUS_COUNT - 1)  # all duplicates
+    assert ledger.repeated_results(WATER, packed) == retried
+
+
+def test_a_refusal_replays_and_restores_to_the_same_answers(impl, ledger):
+    batches = [
+        (BUS, tap(ADULT, 1, 200) + tap(ADULT, UINT64_MAX, 200) + tap(ADULT, 2, 200)),
+        (BUS, tap(ADULT, UINT64_MAX, 200) + tap(ADULT, AHEAD + 2, 200)),
+        (BUS, tap(ADULT, AHEAD + 2, 200) + tap(ADULT, UINT64_MAX, 999)),
+    ]
+    answers = [ledger.apply_batch(t, packed, NOW, k + 1) for k, (t, packed) in enumerate(batches)]
+    replayed = ledger_class(impl)()  # the same entries again, from the start
+    replayed.set_terminal(BUS, TerminalClass.VALIDATOR, OPERATOR)
+    for card_id, card_type in ((ADULT, CardType.ADULT), (STUDENT, CardType.STUDENT),
+                               (ELDERLY, CardType.ELDERLY), (DISABLED, CardType.DISABLED),
+                               (RICH, CardType.ADULT)):  # fmt: skip
+        replayed.issue_card(card_id, card_type, 2_000)
+        replayed.adjust_balance(card_id, FUNDS)
+    replayed.adjust_balance(RICH, 1_000_000 - FUNDS)
+    again = [replayed.apply_batch(t, packed, NOW, k + 1) for k, (t, packed) in enumerate(batches)]
+    assert again == answers
+    assert [Result(*r).status for r in RESULT_STRUCT.iter_unpack(answers[0])] == [OK, FAR, OK]
+    assert ledger.terminal_status(BUS) == replayed.terminal_status(BUS) == (AHEAD + 2, 3)
+    restored = ledger_class(impl)()
+    restored.restore(ledger.snapshot())
+    assert restored.terminal_status(BUS) == (AHEAD + 2, 3)
+    assert restored.terminal_seqs(BUS) == ledger.terminal_seqs(BUS) == [1, 2, AHEAD + 2]
+    retry = tap(ADULT, UINT64_MAX, 200)
+    assert one(restored, BUS, retry, journal_seq=9) == one(ledger, BUS, retry, journal_seq=9)
+    assert one(restored, BUS, retry, journal_seq=9) == rejected(FAR, FUNDS - 200, 1)._replace(
+        duplicate=1
+    )
 
 
 # 3. INVALID_AMOUNT ------------------------------------------------------------------------
@@ -658,17 +778,21 @@ def test_extreme_ids(ledger):
     assert ledger.issue_card(big_card, CardType.STUDENT, 0)
     ledger.adjust_balance(big_card, 1_000)
     taps = [
-        tap(big_card, big_seq, 200, NOW, big_route),
-        tap(big_card, big_seq - 1, 200, NOW + 1, 0),  # transfer from the max route
+        tap(big_card, AHEAD, 200, NOW, big_route),  # the highest first number accepted
+        tap(big_card, AHEAD - 1, 200, NOW + 1, 0),  # transfer from the max route
+        tap(big_card, AHEAD, 200, NOW, big_route),
+        tap(big_card, big_seq, 200, NOW, big_route),  # on record, refused, not received
         tap(big_card, big_seq, 200, NOW, big_route),
     ]
     assert apply(ledger, big_terminal, taps) == [
         ok(100, 100, 900),
         ok(0, 200, 900),
         Result(OK, CARD, 1, 100, 100, 900, 1),
+        rejected(FAR, 900),
+        Result(FAR, NONE, 1, 0, 0, 900, 1),
     ]
-    assert ledger.terminal_status(big_terminal) == (big_seq, 2)
-    assert ledger.terminal_seqs(big_terminal) == [big_seq - 1, big_seq]
+    assert ledger.terminal_status(big_terminal) == (AHEAD, 2)
+    assert ledger.terminal_seqs(big_terminal) == [AHEAD - 1, AHEAD]
     assert ledger.card(big_card) == (CardState.ACTIVE, CardType.STUDENT, 900, 0, 0)
     assert ledger.card(big_card + 1) is None
     # Card id 0 is an ordinary id.
@@ -870,19 +994,24 @@ def test_colliding_hashes(ledger):
         ledger.adjust_balance(card_id, 1_000)
     assert all(ledger.card(c) == (CardState.ACTIVE, CardType.ADULT, 1_000, 0, 0) for c in cards)
     assert ledger.card(_unmix(hot | 400)) is None  # a colliding id that was never issued
-    # Taps whose (terminal, seq) keys collide the same way on the compiled core.
+    # Taps whose (terminal, seq) keys collide the same way on the compiled core. Such
+    # numbers are far ahead of the terminal's: refused, but on record all the same.
     golden = 0x9E3779B97F4A7C15
     ledger.set_terminal(7, TerminalClass.BILLING, UTILITY)
     term = 3  # the compiled core keys taps by terminal slot: BUS, SHOP, WATER, then this one
     seqs = [_unmix(hot | k) ^ ((term * golden) & _U64) for k in range(400)]
-    seqs = [s for s in seqs if s]  # seq 0 is malformed
+    seqs = [s for s in seqs if s > AHEAD]  # seq 0 is malformed
     taps = [tap(c, s, 10) for c, s in zip(cards, seqs, strict=False)]
-    assert apply(ledger, 7, taps) == [ok(10, 0, 990)] * len(taps)
-    assert apply(ledger, 7, taps, journal_seq=2) == [Result(OK, CARD, 1, 10, 0, 990, 1)] * len(taps)
-    assert ledger.terminal_seqs(7) == sorted(seqs)
+    assert len(taps) > 390
+    assert apply(ledger, 7, taps) == [rejected(FAR, 1_000)] * len(taps)
+    assert apply(ledger, 7, taps, journal_seq=2) == [Result(FAR, NONE, 1, 0, 0, 1_000, 1)] * len(
+        taps
+    )
+    assert ledger.tap_record_count() == len(taps)
+    assert ledger.terminal_seqs(7) == [] and ledger.terminal_status(7) == (0, 0)
     twin = ledger_class(ledger.implementation)()
     twin.restore(ledger.snapshot())
-    assert apply(twin, 7, taps, journal_seq=3) == [Result(OK, CARD, 1, 10, 0, 990, 1)] * len(taps)
+    assert apply(twin, 7, taps, journal_seq=3) == [Result(FAR, NONE, 1, 0, 0, 1_000, 1)] * len(taps)
 
 
 # Card history and the low-balance watch (used by the engine for disputes and the deny list) -------

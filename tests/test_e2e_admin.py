@@ -151,7 +151,19 @@ async def test_a_huge_echoed_input_is_cut_not_turned_into_another_status(harness
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await harness.stubs.settlement.GetSettlement(request, metadata=bearer(TOKENS["finance"]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details().endswith("… (cut)")
+    assert "'2030-9999" in caught.value.details()  # quoted, a little of it
+    assert len(caught.value.details()) < 200
+
+
+def test_a_long_refusal_is_cut_at_the_details_limit():
+    """Whatever a refusal quotes, its details stay under gRPC's trailer limit."""
+    from clearing.errors import RequestRejected
+    from clearing.limits import STATUS_DETAILS_CHARS_MAX
+    from clearing.server.status import to_status
+
+    code, details = to_status(RequestRejected("NOT_FOUND", "no card " + "9" * 300_000))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert details == ("no card " + "9" * 300_000)[:STATUS_DETAILS_CHARS_MAX] + "… (cut)"
 
 
 async def test_set_clock_moves_at_most_a_year_ahead(harness):

@@ -7,7 +7,8 @@ import pytest
 
 from clearing.client import bearer, signed_batch, unpack_results
 from clearing.codes import ChargedTo, TapStatus
-from clearing.v1 import cards_pb2, taps_pb2
+from clearing.limits import TERMINAL_SEQ_AHEAD_MAX
+from clearing.v1 import admin_pb2, cards_pb2, taps_pb2
 from clearing.verify import verify_journal
 from tests.conftest import (
     BILLING,
@@ -211,7 +212,7 @@ async def test_edges_of_int64_never_wrap(harness):
     results = await h.taps(
         VALIDATOR,
         [
-            (2**64 - 1, 2**64 - 1, big, NOW_MS, 2**32 - 1),
+            (2**64 - 1, 1, big, NOW_MS, 2**32 - 1),  # terminal_seq 2**64 - 1: see below
             (ADULT, 2, -(2**63), NOW_MS, 11),
             (ADULT, 3, 200, -(2**63), 11),
             (ADULT, 4, 200, big, 11),
@@ -224,6 +225,49 @@ async def test_edges_of_int64_never_wrap(harness):
         TapStatus.IN_FUTURE,
     ]
     assert await h.balance(ADULT) == 5_000
+
+
+async def _terminal_status(h, terminal_id: int) -> tuple:
+    status = await h.stubs.admin.GetTerminalStatus(
+        admin_pb2.GetTerminalStatusRequest(terminal_id=terminal_id),
+        metadata=bearer(TOKENS["admin"]),
+    )
+    gaps = [(g.first, g.last) for g in status.gaps]
+    return status.last_seq, status.received_count, status.gap_count, gaps
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "messages"])
+async def test_a_signed_tap_with_terminal_seq_far_ahead_is_refused(harness, packed):
+    """One correctly signed tap with terminal_seq 2**64 - 1 must not report ~1.8e19 missing
+    taps for good: it is refused, journaled, and the terminal's numbers stay as they were."""
+    h = harness
+    await _city_cards(h)
+    first = await h.taps(VALIDATOR, [(ADULT, 1, 200, NOW_MS, 11), (ADULT, 3, 200, NOW_MS, 11)])
+    assert [_status(r) for r in first] == [TapStatus.OK, TapStatus.OK]
+    assert await _terminal_status(h, VALIDATOR) == (3, 2, 1, [(2, 2)])
+    far = (ADULT, 2**64 - 1, 200, NOW_MS, 11)
+    edge = (STUDENT, 3 + TERMINAL_SEQ_AHEAD_MAX + 1, 200, NOW_MS, 11)
+    seq = h.last_seq
+    refused = await h.taps(VALIDATOR, [far, edge], packed=packed)
+    assert h.last_seq == seq + 1  # journaled like any outcome
+    far_ahead = TapStatus.SEQUENCE_TOO_FAR_AHEAD
+    assert refused == [
+        (far_ahead, ChargedTo.CHARGED_TO_NONE, 0, 0, 0, 4_600, seq + 1),
+        (far_ahead, ChargedTo.CHARGED_TO_NONE, 0, 0, 0, 5_000, seq + 1),
+    ]
+    assert await h.balance(ADULT) == 4_600 and await h.balance(STUDENT) == 5_000
+    assert await _terminal_status(h, VALIDATOR) == (3, 2, 1, [(2, 2)])
+    # The terminal carries on; the restart replays the journal, checking every answer.
+    (next_one,) = await h.taps(VALIDATOR, [(ADULT, 4, 200, NOW_MS, 11)])
+    assert _status(next_one) == TapStatus.OK
+    await h.restart()
+    assert await _terminal_status(h, VALIDATOR) == (4, 3, 1, [(2, 2)])
+    seq = h.last_seq
+    again = await h.taps(VALIDATOR, [far, edge], packed=packed)
+    assert again == [(*r[:2], 1, *r[3:]) for r in refused]  # the same answer, as a duplicate
+    assert h.last_seq == seq  # a retried batch journals nothing
+    await h.stop()
+    assert "journal OK" in verify_journal(h.config.server.data_dir)
 
 
 async def test_an_engine_fault_stops_all_acknowledgements(harness, monkeypatch):

@@ -68,7 +68,8 @@ async def test_fuzzed_calls_get_defined_answers_and_journal_only_accepted_work(h
     assert h.last_seq - seq_before <= sum(ok.values())  # refusals journaled nothing
     assert _rss_bytes() - rss_before < RSS_GROWTH_BYTES_MAX
     await h.issue(7_777_001, balance_fen=1_000)  # still serving, as before
-    [(status, *_)] = await h.taps(VALIDATOR, [(7_777_001, 2**40, 100, NOW_MS, 11)])
+    unused = h.server.service.engine.ledger.terminal_status(VALIDATOR)[0] + 1
+    [(status, *_)] = await h.taps(VALIDATOR, [(7_777_001, unused, 100, NOW_MS, 11)])
     assert status == taps_pb2.TapResult.OK
     await h.stop()
     assert verify_journal(h.config.server.data_dir).startswith("journal OK")

@@ -230,9 +230,14 @@ class Server:
         # Read first: a bad file must not leave a journal open behind it.
         tls = server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
         self.grpc = grpc.aio.server(
-            # Outermost first: every call is counted (malformed ones too); Draining,
-            # innermost, hands the others async generators only (see its docstring).
-            interceptors=[ObservedCalls(self.metrics), MalformedRequests(), self.draining],
+            # Outermost first: every call is counted (malformed ones too); bytes that do
+            # not parse are refused as the caller's token and role decide first, then as
+            # malformed; Draining, innermost, hands the others async generators only.
+            interceptors=[
+                ObservedCalls(self.metrics),
+                MalformedRequests(self.service),
+                self.draining,
+            ],
             options=[
                 ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),

@@ -50,6 +50,15 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
 _BEARER = "bearer "
 
 
+def table_method(path: str) -> str | None:
+    """A call's ``METHOD_ROLES`` key: ``/clearing.v1.TapService/SubmitTaps`` ->
+    ``TapService/SubmitTaps``; None for a method the table does not cover (health,
+    reflection), which takes no token."""
+    service, _, method = path.lstrip("/").partition("/")
+    key = f"{service.rsplit('.', 1)[-1]}/{method}"
+    return key if key in METHOD_ROLES else None
+
+
 def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.lower().startswith(_BEARER):

@@ -90,6 +90,7 @@ ctypedef struct result_t:               # one packed result before encoding
 @cython.final
 cdef class Ledger:
     cdef config_t cfg
+    cdef uint64_t seq_ahead_max         # configure(); 0: no bound (journals before it)
 
     cdef card_t *cards                  # dense, in issue order
     cdef uint64_t card_n

@@ -37,6 +37,8 @@ from libc.string cimport memcmp, memcpy, memset
 
 import struct as _struct
 
+from clearing.limits import TERMINAL_SEQ_AHEAD_MAX as _TERMINAL_SEQ_AHEAD_MAX
+
 cdef extern from *:
     """
     #include <stdint.h>
@@ -155,7 +157,7 @@ IMPLEMENTATION = "c"
 cdef enum:
     TAP_BYTES = 36
     RESULT_BYTES = 40
-    STATUS_SLOTS = 9            # index 0 duplicates, 1..8 TapStatus
+    STATUS_SLOTS = 10           # index 0 duplicates, 1..9 TapStatus
     BP_SCALE = 10000
     HALF_BP = 5000
     NO_RULE_BP = 10000          # a merchant without a rule gives no discount
@@ -176,6 +178,7 @@ cdef enum:
     UNKNOWN_CARD = 6
     CARD_BLOCKED = 7
     INSUFFICIENT_FUNDS = 8
+    SEQUENCE_TOO_FAR_AHEAD = 9
 cdef enum:
     CHARGED_TO_NONE = 0
     CHARGED_TO_CARD = 1
@@ -193,6 +196,7 @@ cdef enum:
 cdef uint64_t INDEX_CAP_MAX = 0x100000000
 cdef uint64_t RECORDS_MAX = 0x7FFFFFFF
 cdef uint64_t TERMINALS_MAX = TERM_SLOT_MASK + 1
+
 
 
 # Snapshot layout: header, config, terminals, rules, cards, taps, tap links -------
@@ -407,6 +411,13 @@ cdef inline bint same_body(const tap_t *rec, uint64_t card_id, int64_t amount,
             and rec.occurred_at_ms == occurred and rec.route_id == route)
 
 
+cdef inline bint received_by(const tap_t *rec, uint32_t term) noexcept nogil:
+    """The record is of terminal slot ``term`` and its number counts as received (a tap
+    refused as SEQUENCE_TOO_FAR_AHEAD is kept for its retries, but was not received)."""
+    return ((rec.term_outcome & TERM_SLOT_MASK) == term
+            and ((rec.term_outcome >> 24) & 0xF) != SEQUENCE_TOO_FAR_AHEAD)
+
+
 @cython.overflowcheck(False)  # recorded: 0 <= charged <= amount <= max_tap_fen
 cdef inline void repeat_result(const tap_t *rec, result_t *res) noexcept nogil:
     """The recorded tap's original result, flagged as a duplicate."""
@@ -473,6 +484,7 @@ cdef class Ledger:
         self.cfg.concession_bp[3] = 0
         self.cfg.concession_bp[4] = 0
         self.cfg.min_boarding_balance_fen = 0
+        self.seq_ahead_max = _TERMINAL_SEQ_AHEAD_MAX
 
     def __init__(self):
         pass
@@ -502,6 +514,7 @@ cdef class Ledger:
         transfer_discount_fen,
         liability_window_ms,
         concession_bp,
+        terminal_seq_ahead_max=_TERMINAL_SEQ_AHEAD_MAX,
     ):
         cdef config_t cfg
         cdef int k
@@ -517,6 +530,8 @@ cdef class Ledger:
             cfg.concession_bp[k + 1] = concession_bp[k]
         cfg.min_boarding_balance_fen = self.cfg.min_boarding_balance_fen
         self.cfg = cfg
+        # Not in cfg, so not in a snapshot: the registry sets it before a restore.
+        self.seq_ahead_max = terminal_seq_ahead_max
 
     def set_min_boarding_balance(self, int64_t min_boarding_balance_fen):
         """Cards charged below this are reported by take_low_balance_crossings()."""
@@ -706,7 +721,7 @@ cdef class Ledger:
             return []
         term = slot
         for k in range(self.tap_n):
-            if (self.taps[k].term_outcome & TERM_SLOT_MASK) == term:
+            if received_by(&self.taps[k], term):
                 count += 1
         if count == 0:
             return []
@@ -715,7 +730,7 @@ cdef class Ledger:
             raise MemoryError("ledger core: out of memory")
         try:
             for k in range(self.tap_n):
-                if (self.taps[k].term_outcome & TERM_SLOT_MASK) == term:
+                if received_by(&self.taps[k], term):
                     seqs[m] = self.taps[k].terminal_seq
                     m += 1
             qsort(seqs, count, sizeof(uint64_t), cc_cmp_u64)
@@ -962,11 +977,20 @@ cdef class Ledger:
             else:
                 c = self.find_card(card_id)
                 card = &cards[c] if c >= 0 else NULL
-                # Rate first: a tap that raises (overflow) leaves nothing of itself behind.
-                self.rate(term, card, amount, occurred, route, now_ms, n_rules, &res)
-                if seq > term.highest_seq:
-                    term.highest_seq = seq
-                term.received_count += 1
+                if (self.seq_ahead_max and seq > term.highest_seq
+                        and seq - term.highest_seq > self.seq_ahead_max):
+                    # Refused before the body is looked at, and not received: the highest
+                    # and the gaps stay as they were. On record, so a retry answers the same.
+                    res.status = SEQUENCE_TOO_FAR_AHEAD
+                    res.charged_to = CHARGED_TO_NONE
+                    res.charged_fen = 0
+                    res.balance_after_fen = card.balance_fen if card != NULL else 0
+                else:
+                    # Rate first: a tap that raises (overflow) leaves nothing of itself behind.
+                    self.rate(term, card, amount, occurred, route, now_ms, n_rules, &res)
+                    if seq > term.highest_seq:
+                        term.highest_seq = seq
+                    term.received_count += 1
                 rec = &self.taps[self.tap_n]        # room reserved by apply_batch
                 rec.term_outcome = (term_slot | (<uint32_t>res.status << 24)
                                     | (<uint32_t>res.charged_to << 28))
@@ -1239,7 +1263,7 @@ cdef class Ledger:
                 status = (outcome >> 24) & 0xF
                 charged_to = (outcome >> 28) & 0x3
                 if ((outcome & TERM_SLOT_MASK) >= fresh.term_n or outcome >> 30
-                        or not OK <= status <= INSUFFICIENT_FUNDS or status == ID_CONFLICT
+                        or not OK <= status <= SEQUENCE_TOO_FAR_AHEAD or status == ID_CONFLICT
                         or charged_to > CHARGED_TO_ISSUER_LOSS
                         or fresh.tap_prev[k] > k):           # links point strictly back
                     raise ValueError("ledger core snapshot holds a bad tap record")

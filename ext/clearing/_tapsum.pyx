@@ -71,13 +71,14 @@ cdef extern from *:
 cdef enum:
     TAP_BYTES = 36
     RESULT_BYTES = 40
-    STATUS_COUNT = 9                # max(TapStatus) + 1 (clearing/codes.py)
+    STATUS_COUNT = 10               # max(TapStatus) + 1 (clearing/codes.py)
     LATE_DAY_BINS = 8               # clearing/limits.py
 # TapStatus and ChargedTo (clearing/codes.py)
 cdef enum:
     OK = 1
     TOO_LATE = 4
     INSUFFICIENT_FUNDS = 8
+    SEQUENCE_TOO_FAR_AHEAD = 9      # the last status
     CHARGED_TO_NONE = 0
     CHARGED_TO_CARD = 1
     CHARGED_TO_ISSUER_LOSS = 2
@@ -97,10 +98,10 @@ cdef enum:
     DUP_COUNT = 9
     BAD = 10
     REJECTED = 11
-    REJECTED_LIST = 20              # REJECTED + STATUS_COUNT
-    HOURS = 29                      # REJECTED_LIST + STATUS_COUNT
-    LATE_DAYS = 53                  # HOURS + 24
-    SUMMARY_LEN = 61                # LATE_DAYS + LATE_DAY_BINS
+    REJECTED_LIST = 21              # REJECTED + STATUS_COUNT
+    HOURS = 31                      # REJECTED_LIST + STATUS_COUNT
+    LATE_DAYS = 55                  # HOURS + 24
+    SUMMARY_LEN = 63                # LATE_DAYS + LATE_DAY_BINS
 
 cdef int64_t MS_PER_HOUR = 3600000
 cdef int64_t MS_PER_DAY = 86400000
@@ -143,7 +144,7 @@ cdef void tally(const unsigned char *taps, const unsigned char *results, Py_ssiz
         charged = <int64_t>cc_load_u64(r + 8)
         discount = <int64_t>cc_load_u64(r + 16)
         seq = cc_load_u64(r + 32)
-        if status < OK or status > INSUFFICIENT_FUNDS:
+        if status < OK or status > SEQUENCE_TOO_FAR_AHEAD:
             cc_acc(v, carry, BAD, 1)
         elif duplicate:
             # The original answer again: applied by an entry no later than this one.
@@ -185,7 +186,7 @@ cdef void tally(const unsigned char *taps, const unsigned char *results, Py_ssiz
             cc_acc(v, carry, BAD, 1)
         else:
             cc_acc(v, carry, REJECTED + status, 1)
-            if status >= TOO_LATE:      # TOO_LATE .. INSUFFICIENT_FUNDS: amount checked
+            if TOO_LATE <= status <= INSUFFICIENT_FUNDS:  # the amount was checked
                 cc_acc(v, carry, REJECTED_LIST + status, list_fen)
 
 

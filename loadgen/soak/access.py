@@ -106,7 +106,10 @@ async def forged_batches(
     """
     wrong = []
     stubs = Stubs(chan)
-    taps = [(card_id, 7_000_001, 200, NOW_MS, 9)]
+    position = await stubs.admin.GetTerminalStatus(
+        admin_pb2.GetTerminalStatusRequest(terminal_id=VALIDATOR), metadata=bearer(TOKENS["admin"])
+    )
+    taps = [(card_id, position.last_seq + 1, 200, NOW_MS, 9)]  # its next number
     mine = bearer(terminal_token(VALIDATOR))
     first = signed_batch(VALIDATOR, terminal_key(VALIDATOR), taps)
     original = unpack_results(await stubs.taps.SubmitTaps(first, metadata=mine))

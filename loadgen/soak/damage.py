@@ -51,7 +51,7 @@ async def damaged_journal(root: str, copies: int, seed: int) -> ScenarioResult:
             await damaged.start()
         except AssertionError as exc:  # it refused to start: it must say where
             refused += 1
-            named = re.search(r"journal entry \d+|cannot open the journal", str(exc))
+            named = re.search(r"journal (entry|page) \d+|cannot open the journal", str(exc))
             result.check(named is not None, f"copy {copy}: refused without saying where")
             continue
         served = await served_balances(damaged.target, CARDS)
