@@ -54,7 +54,7 @@ def _answer_to(target: str, data: bytes) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
         return b"".join(chunks)
-    except ConnectionResetError:
+    except OSError:  # closed unanswered: a reset, or ENOTCONN when it closed first
         return b""
     finally:
         sock.close()
