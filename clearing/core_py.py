@@ -16,6 +16,7 @@ import pickle
 from collections.abc import Sequence
 
 from clearing.codes import CardState, ChargedTo, TapStatus, TerminalClass
+from clearing.gaps import GapSet
 from clearing.limits import (
     BP_SCALE,
     INT64_MAX,
@@ -28,6 +29,8 @@ from clearing.limits import (
 )
 
 IMPLEMENTATION = "python"
+_Tap = tuple[int, int, int, int, int]  # card_id, terminal_seq, amount, occurred_at, route
+_Result = tuple[int, int, int, int, int, int, int]  # as limits.RESULT_STRUCT
 _NO_RULE_BP = BP_SCALE  # a merchant without a rule gives no discount
 _HALF_BP = BP_SCALE // 2
 
@@ -80,6 +83,7 @@ class Ledger:
         self._taps: dict[tuple[int, int], tuple[int, ...]] = {}
         # terminal_id -> [terminal_class, party_index, highest_seq, received_count]
         self._terminals: dict[int, list[int]] = {}
+        self._gaps: dict[int, GapSet] = {}  # terminal_id -> numbers below its highest missing
         # party_index -> [(effective_from_ms, discount_bp)] sorted by time
         self._rules: dict[int, list[tuple[int, int]]] = {}
         # card_id -> keys of its tap records, oldest first (dispute history)
@@ -195,6 +199,11 @@ class Ledger:
         far = TapStatus.SEQUENCE_TOO_FAR_AHEAD  # on record for its retries, not received
         return sorted(k[1] for k, r in self._taps.items() if k[0] == terminal_id and r[4] != far)
 
+    def terminal_gaps(self, terminal_id: int, most: int) -> list[tuple[int, int]]:
+        """The first ``most`` ranges of numbers below the highest never received."""
+        gaps = self._gaps.get(terminal_id)
+        return gaps.first(most) if gaps is not None else []
+
     def tap_record_count(self) -> int:
         return len(self._taps)
 
@@ -232,7 +241,7 @@ class Ledger:
             seen = self._taps.get((terminal_id, seq))
             if seen is None or seen[:4] != (card_id, amount, occurred, route):
                 return None
-            result = self._repeat(seen, card_id, amount, occurred, route, 0)
+            result = self._repeat(seen, (card_id, amount, occurred, route), 0)
             RESULT_STRUCT.pack_into(out, index * RESULT_BYTES, *result)
         return bytes(out)
 
@@ -241,30 +250,24 @@ class Ledger:
     ) -> bytes:
         """Rate and apply every tap in order; return the packed results."""
         assert len(packed_taps) % TAP_BYTES == 0
-        terminal = self._terminals[terminal_id]
         out = bytearray(len(packed_taps) // TAP_BYTES * RESULT_BYTES)
         for index, tap in enumerate(TAP_STRUCT.iter_unpack(packed_taps)):
-            result = self._apply_tap(terminal_id, terminal, tap, now_ms, journal_seq)
+            result = self._apply_tap(terminal_id, tap, now_ms, journal_seq)
             RESULT_STRUCT.pack_into(out, index * RESULT_BYTES, *result)
         return bytes(out)
 
-    def _apply_tap(
-        self,
-        terminal_id: int,
-        terminal: list[int],
-        tap: tuple[int, int, int, int, int],
-        now_ms: int,
-        journal_seq: int,
-    ) -> tuple[int, int, int, int, int, int, int]:
+    def _apply_tap(self, terminal_id: int, tap: _Tap, now_ms: int, journal_seq: int) -> _Result:
+        terminal = self._terminals[terminal_id]
         card_id, seq, amount, occurred, route = tap
         assert seq >= 1, "first_invalid_tap() screens terminal_seq 0"
         key = (terminal_id, seq)
         seen = self._taps.get(key)
         if seen is not None:
-            return self._repeat(seen, card_id, amount, occurred, route, journal_seq)
+            return self._repeat(seen, (card_id, amount, occurred, route), journal_seq)
         # Rate first: a tap that raises (overflow) must leave nothing of itself behind.
         status, charged_to, charged = self._rate(terminal, tap, now_ms)
         if status != TapStatus.SEQUENCE_TOO_FAR_AHEAD:  # that one is on record, not received
+            self._gaps.setdefault(terminal_id, GapSet()).receive(seq, terminal[2])
             terminal[2] = max(terminal[2], seq)
             terminal[3] += 1
         card = self._cards.get(card_id)
@@ -276,16 +279,10 @@ class Ledger:
         discount = amount - charged if status == TapStatus.OK else 0
         return (status, charged_to, 0, charged, discount, balance_after, journal_seq)
 
-    def _repeat(
-        self,
-        seen: tuple[int, ...],
-        card_id: int,
-        amount: int,
-        occurred: int,
-        route: int,
-        journal_seq: int,
-    ) -> tuple[int, int, int, int, int, int, int]:
-        if seen[:4] == (card_id, amount, occurred, route):
+    def _repeat(self, seen: tuple[int, ...], body: tuple[int, ...], journal_seq: int) -> _Result:
+        """The recorded answer to a repeat of the same ``body`` (card, amount, time, route)."""
+        card_id = body[0]
+        if seen[:4] == body:
             status, charged_to, charged, balance_after, original_seq = seen[4:]
             discount = seen[1] - charged if status == TapStatus.OK else 0
             return (status, charged_to, 1, charged, discount, balance_after, original_seq)
@@ -294,9 +291,7 @@ class Ledger:
         # An ID_CONFLICT is journaled but never replaces the original record.
         return (TapStatus.ID_CONFLICT, 0, 0, 0, 0, balance, journal_seq)
 
-    def _rate(
-        self, terminal: list[int], tap: tuple[int, int, int, int, int], now_ms: int
-    ) -> tuple[int, int, int]:
+    def _rate(self, terminal: list[int], tap: _Tap, now_ms: int) -> tuple[int, int, int]:
         """(status, charged_to, charged_fen), applying an OK tap to the card."""
         card_id, seq, amount, occurred, route = tap
         terminal_class = terminal[0]
@@ -397,3 +392,4 @@ class Ledger:
             for name, value in zip(_Card.__slots__, fields, strict=True):
                 setattr(c, name, value)
             self._cards[cid] = c
+        self._gaps = {tid: GapSet.of(self.terminal_seqs(tid)) for tid in self._terminals}

@@ -24,7 +24,6 @@ from clearing.denylist import Change
 from clearing.engine import CardAnswer, Engine
 from clearing.entries import Body, Envelope, SeedEntry, TapBatchEntry
 from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, StorageError
-from clearing.gaps import gap_ranges
 from clearing.journal import Journal
 from clearing.limits import (
     GAP_RANGES_MAX,
@@ -387,7 +386,7 @@ class Service:
         if terminal is None:
             return None
         last_seq, received = self.engine.ledger.terminal_status(terminal_id)
-        gaps = gap_ranges(self.engine.ledger.terminal_seqs(terminal_id), GAP_RANGES_MAX + 1)
+        gaps = self.engine.ledger.terminal_gaps(terminal_id, GAP_RANGES_MAX + 1)  # no scan
         await self.durable()
         return TerminalStatus(
             terminal_id,

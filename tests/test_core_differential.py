@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from clearing.codes import CardState, CardType, ChargedTo, TapStatus, TerminalClass
 from clearing.core import ledger_class
+from clearing.gaps import gap_ranges
 from clearing.limits import (
     INT64_MAX,
     INT64_MIN,
@@ -187,6 +188,9 @@ class Pair:
         for terminal_id in terminals:
             self.call("terminal_status", terminal_id)
             self.call("terminal_seqs", terminal_id)
+            self.call("terminal_gaps", terminal_id, 1_000)
+            gaps = self.py.terminal_gaps(terminal_id, 1_000)  # the ranges are the scan's
+            assert gaps == gap_ranges(self.py.terminal_seqs(terminal_id), 1_000)
         self.call("card_count")
         self.call("tap_record_count")
         self.call("total_balance_fen")

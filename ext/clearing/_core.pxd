@@ -47,6 +47,17 @@ ctypedef struct terminal_t:             # 32 bytes
     uint64_t received_count
 
 
+ctypedef struct gap_t:                  # numbers first..last never received
+    uint64_t first
+    uint64_t last
+
+
+ctypedef struct gapset_t:               # one terminal's gaps, ascending, disjoint
+    gap_t *ranges                       # malloc'd; derived from the records, not snapshotted
+    uint64_t n
+    uint64_t cap
+
+
 ctypedef struct rule_t:                 # 24 bytes: one effective-dated merchant rule
     int32_t party_index
     uint32_t reserved                   # always 0
@@ -105,6 +116,8 @@ cdef class Ledger:
     cdef index_t tap_index              # (terminal slot, terminal_seq) -> index into taps
 
     cdef terminal_t *terms              # dense, in set_terminal order
+    cdef gapset_t *gapsets              # per terminal slot, beside terms
+    cdef uint64_t gapset_cap
     cdef uint64_t term_n
     cdef uint64_t term_cap
     cdef dict term_slot                 # terminal_id -> index into terms (once per batch)
@@ -124,6 +137,7 @@ cdef class Ledger:
     cdef int reserve_cards(self, uint64_t n) except -1
     cdef int reserve_taps(self, uint64_t n) except -1
     cdef int index_records(self) except -1
+    cdef int rebuild_gaps(self) except -1
     cdef int append_terminal(self, uint32_t terminal_id, uint8_t terminal_class,
                              int32_t party_index) except -1
     cdef Py_ssize_t load_batch_rules(self, int32_t party_index) except -1

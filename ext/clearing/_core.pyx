@@ -32,8 +32,8 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort
-from libc.string cimport memcmp, memcpy, memset
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 import struct as _struct
 
@@ -439,6 +439,77 @@ cdef inline int as_u64(object value, uint64_t *out) except -1:
     return 1
 
 
+cdef int gapset_reserve(gapset_t *g, uint64_t need) except -1:
+    cdef uint64_t cap = g.cap if g.cap else 4
+    cdef gap_t *p
+    if need <= g.cap:
+        return 0
+    while cap < need:
+        cap *= 2
+    p = <gap_t *>realloc(g.ranges, cap * sizeof(gap_t))
+    if p == NULL:
+        raise MemoryError("ledger core: out of memory")
+    g.ranges = p
+    g.cap = cap
+    return 0
+
+
+cdef int gapset_add(gapset_t *g, uint64_t first, uint64_t last) except -1:
+    """Append a gap above every gap so far."""
+    gapset_reserve(g, g.n + 1)
+    g.ranges[g.n].first = first
+    g.ranges[g.n].last = last
+    g.n += 1
+    return 0
+
+
+cdef int gapset_receive(gapset_t *g, terminal_t *t, uint64_t seq) except -1:
+    """``seq`` arrived, never before: past the highest it may open a gap, below the
+    highest it lies in exactly one gap and closes that number (as clearing.gaps.GapSet)."""
+    cdef uint64_t lo = 0, hi = g.n, mid, at
+    cdef gap_t *r
+    if seq > t.highest_seq:
+        if seq - t.highest_seq > 1:
+            gapset_add(g, t.highest_seq + 1, seq - 1)
+        t.highest_seq = seq
+        return 0
+    while lo < hi:  # the first gap starting above seq
+        mid = lo + (hi - lo) // 2
+        if g.ranges[mid].first <= seq:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == 0 or g.ranges[lo - 1].last < seq:
+        raise AssertionError("a number never received lies in a gap")
+    at = lo - 1
+    r = &g.ranges[at]
+    if r.first == r.last:
+        memmove(r, r + 1, (g.n - lo) * sizeof(gap_t))
+        g.n -= 1
+    elif seq == r.first:
+        r.first = seq + 1
+    elif seq == r.last:
+        r.last = seq - 1
+    else:
+        gapset_reserve(g, g.n + 1)
+        r = &g.ranges[at]  # the ranges may have moved
+        memmove(r + 2, r + 1, (g.n - lo) * sizeof(gap_t))
+        r[1].first = seq + 1
+        r[1].last = r.last
+        r.last = seq - 1
+        g.n += 1
+    return 0
+
+
+cdef void gapsets_free(gapset_t *gapsets, uint64_t n, uint64_t cap) noexcept:
+    cdef uint64_t k
+    if gapsets == NULL:
+        return
+    for k in range(n):
+        free(gapsets[k].ranges)
+    cc_region_free(gapsets, cap * sizeof(gapset_t))
+
+
 cdef void take_state(Ledger dst, Ledger src) noexcept:
     """Swap the state of two ledgers (``src`` then frees ``dst``'s old state).
 
@@ -456,6 +527,8 @@ cdef void take_state(Ledger dst, Ledger src) noexcept:
     dst.tap_cap, src.tap_cap = src.tap_cap, dst.tap_cap
     dst.tap_index, src.tap_index = src.tap_index, dst.tap_index
     dst.terms, src.terms = src.terms, dst.terms
+    dst.gapsets, src.gapsets = src.gapsets, dst.gapsets
+    dst.gapset_cap, src.gapset_cap = src.gapset_cap, dst.gapset_cap
     dst.term_n, src.term_n = src.term_n, dst.term_n
     dst.term_cap, src.term_cap = src.term_cap, dst.term_cap
     dst.term_slot, src.term_slot = src.term_slot, dst.term_slot
@@ -494,6 +567,7 @@ cdef class Ledger:
         cc_region_free(self.taps, self.tap_cap * sizeof(tap_t))
         cc_region_free(self.tap_prev, self.tap_prev_cap * sizeof(uint32_t))
         cc_region_free(self.crossings, self.crossing_cap * sizeof(uint64_t))
+        gapsets_free(self.gapsets, self.term_n, self.gapset_cap)
         cc_region_free(self.terms, self.term_cap * sizeof(terminal_t))
         cc_region_free(self.batch_rules, self.batch_rules_cap * sizeof(rule_t))
         index_free(&self.card_index)
@@ -562,6 +636,7 @@ cdef class Ledger:
         if self.term_n >= TERMINALS_MAX:
             raise MemoryError("ledger core: terminal table full")
         grow_array(<void **>&self.terms, &self.term_cap, self.term_n + 1, sizeof(terminal_t))
+        grow_array(<void **>&self.gapsets, &self.gapset_cap, self.term_n + 1, sizeof(gapset_t))
         t = &self.terms[self.term_n]
         t.terminal_id = terminal_id
         t.party_index = party_index
@@ -710,6 +785,16 @@ cdef class Ledger:
         """(highest terminal_seq received, count of distinct seqs received)."""
         cdef Py_ssize_t k = self.term_slot[terminal_id]
         return self.terms[k].highest_seq, self.terms[k].received_count
+
+    def terminal_gaps(self, terminal_id, Py_ssize_t most):
+        """The first ``most`` ranges of numbers below the highest never received."""
+        cdef gapset_t *g
+        cdef uint64_t k
+        slot = self.term_slot.get(terminal_id)
+        if slot is None or most <= 0:
+            return []
+        g = &self.gapsets[<Py_ssize_t>slot]
+        return [(g.ranges[k].first, g.ranges[k].last) for k in range(min(g.n, <uint64_t>most))]
 
     def terminal_seqs(self, terminal_id):
         """Every distinct terminal_seq received, ascending (cold path: gaps)."""
@@ -988,8 +1073,7 @@ cdef class Ledger:
                 else:
                     # Rate first: a tap that raises (overflow) leaves nothing of itself behind.
                     self.rate(term, card, amount, occurred, route, now_ms, n_rules, &res)
-                    if seq > term.highest_seq:
-                        term.highest_seq = seq
+                    gapset_receive(&self.gapsets[term_slot], term, seq)  # moves the highest
                     term.received_count += 1
                 rec = &self.taps[self.tap_n]        # room reserved by apply_batch
                 rec.term_outcome = (term_slot | (<uint32_t>res.status << 24)
@@ -1268,9 +1352,52 @@ cdef class Ledger:
                         or fresh.tap_prev[k] > k):           # links point strictly back
                     raise ValueError("ledger core snapshot holds a bad tap record")
             fresh.index_records()
+            fresh.rebuild_gaps()
         finally:
             PyBuffer_Release(&view)
         take_state(self, fresh)   # ``fresh`` now owns (and frees) the old state
+
+    cdef int rebuild_gaps(self) except -1:
+        """Each terminal's gaps from its records (a snapshot holds none), checked against
+        the terminal's highest and received count."""
+        cdef uint64_t k, t, seq, last, expected, total = 0
+        cdef uint64_t *counts = <uint64_t *>calloc(self.term_n + 1, sizeof(uint64_t))
+        cdef uint64_t *starts = <uint64_t *>calloc(self.term_n + 1, sizeof(uint64_t))
+        cdef uint64_t *seqs = <uint64_t *>malloc((self.tap_n + 1) * sizeof(uint64_t))
+        cdef const tap_t *rec
+        try:
+            if counts == NULL or starts == NULL or seqs == NULL:
+                raise MemoryError("ledger core: out of memory")
+            for k in range(self.tap_n):
+                rec = &self.taps[k]
+                if received_by(rec, rec.term_outcome & TERM_SLOT_MASK):
+                    counts[rec.term_outcome & TERM_SLOT_MASK] += 1
+            for t in range(self.term_n):
+                starts[t] = total
+                total += counts[t]
+            for k in range(self.tap_n):  # grouped by terminal; starts[t] moves to its end
+                rec = &self.taps[k]
+                t = rec.term_outcome & TERM_SLOT_MASK
+                if received_by(rec, <uint32_t>t):
+                    seqs[starts[t]] = rec.terminal_seq
+                    starts[t] += 1
+            for t in range(self.term_n):
+                k = starts[t] - counts[t]
+                qsort(seqs + k, counts[t], sizeof(uint64_t), cc_cmp_u64)
+                last = 0
+                for k in range(k, starts[t]):
+                    seq = seqs[k]
+                    expected = last + 1  # last < seq: no wrap
+                    if seq > expected:
+                        gapset_add(&self.gapsets[t], expected, seq - 1)
+                    last = seq
+                if last != self.terms[t].highest_seq or counts[t] != self.terms[t].received_count:
+                    raise ValueError("ledger core snapshot: a terminal's numbers and records differ")
+        finally:
+            free(counts)
+            free(starts)
+            free(seqs)
+        return 0
 
     @cython.overflowcheck(False)
     cdef int index_records(self) except -1:
