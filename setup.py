@@ -20,7 +20,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def generate_protos() -> None:
-    """protoc -Iproto → clearing/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py."""
+    """protoc -Iproto → clearing/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py.
+
+    proto/clearing/v1 only: proto/grpc/health/v1/health.proto is shipped for tools
+    (buf curl, grpcurl) and never compiled here, as grpcio-health-checking already
+    defines those symbols in the process."""
     from grpc_tools import protoc
 
     protos = sorted(glob.glob(os.path.join(HERE, "proto", "clearing", "v1", "*.proto")))

@@ -1,5 +1,15 @@
 """`clearing` command line: serve, status, demo-config, demo, settle, journal verify /
-backup / restore."""
+backup / restore. Amounts are printed in CNY (yuan, two decimals) or as integer fen
+where a field says _fen.
+
+\b
+Exit status:
+  0  done (status: the server is SERVING)
+  1  a bug: an unexpected error (a traceback); please report it
+  2  the command refused or failed (one "error: ..." line on stderr says why)
+  3  status only: the server answered NOT_SERVING, or could not be reached
+ 64  usage error: an unknown command or option, a missing or malformed argument
+"""
 
 from __future__ import annotations
 
@@ -9,14 +19,42 @@ from typing import Annotated
 
 import typer
 
+from clearing import __version__
 from clearing.config import Config, dump_config, load_config
 from clearing.democity import demo_config
 from clearing.errors import ClearingError
 from clearing.logs import configure_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-journal_app = typer.Typer(no_args_is_help=True, help="Journal tools for operators.")
+# 1 is left to Python's own exit on an uncaught exception: a traceback is a bug.
+EXIT_FAILED = 2  # a ClearingError: bad configuration, damaged journal, refused settlement...
+EXIT_NOT_SERVING = 3  # `status`: as LSB init scripts' status, "not running"
+EXIT_USAGE = 64  # EX_USAGE (sysexits.h); click's own 2 is remapped in main()
+
+# rich_markup_mode=None: help text is printed as written ("[server] data_dir" would be
+# taken for a rich markup tag and vanish).
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
+journal_app = typer.Typer(
+    no_args_is_help=True, help="Journal tools for operators.", rich_markup_mode=None
+)
 app.add_typer(journal_app, name="journal")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"clearing {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _add_loadgen() -> None:
@@ -43,7 +81,7 @@ def _config(path: str | None, data_dir: str | None) -> Config:
 
 def _fail(exc: ClearingError) -> None:
     typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -51,7 +89,9 @@ def serve(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     listen: Annotated[str | None, typer.Option(help="override [server] listen")] = None,
-    metrics_listen: Annotated[str | None, typer.Option(help="override metrics_listen")] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="override [server] metrics_listen")
+    ] = None,
     manual_clock: Annotated[
         bool, typer.Option("--manual-clock", help="testing and demos only: enable SetClock")
     ] = False,
@@ -174,9 +214,13 @@ def status(
     ca: Annotated[str | None, typer.Option(help="TLS: the CA of the server's certificate")] = None,
     cert: Annotated[str | None, typer.Option(help="mutual TLS: a client certificate")] = None,
     key: Annotated[str | None, typer.Option(help="mutual TLS: its private key")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object: integer fen and counts, UTC times")
+    ] = False,
 ) -> None:
-    """Health, journal position, last settlement, deny-list version of a running server."""
-    from clearing.status import report
+    """Health, journal position, last settlement, deny-list version of a running server.
+    Exit status 3 when it is not SERVING (or cannot be reached)."""
+    from clearing.status import report, report_json
     from clearing.tls import ClientTls
 
     try:
@@ -184,18 +228,27 @@ def status(
         tls = ClientTls.from_files(ca, cert, key) if ca or cert else None
     except ClearingError as exc:
         _fail(exc)
-    text, serving = report(
+    text, serving = (report_json if as_json else report)(
         target or server.listen,
         metrics or f"http://{server.metrics_listen}/metrics",
         tls.credentials() if tls else None,
     )
     typer.echo(text)
     if not serving:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NOT_SERVING)
 
 
 def main() -> None:
-    app()
+    """The `clearing` command, with click's usage errors (its exit code 2) on EXIT_USAGE."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if show is None or exit_code is None:  # not click's: a bug, with its traceback
+            raise
+        show()  # click's message, as it prints it in standalone mode
+        sys.exit(EXIT_USAGE if exit_code == 2 else exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

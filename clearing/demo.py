@@ -8,6 +8,10 @@ offline batches, POS and billing taps, top-ups, losses, replacements) on a
 business day the server's manual clock follows, checks the server's totals
 against the answers, settles that day, stops the server with SIGTERM and
 verifies the journal offline.
+
+The demo runs on a fixed calendar (the server's manual clock starts at
+``STORY_START``, whatever today is) and a fixed seed, so every run settles the
+same day to the same files, byte for byte.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
 
 from clearing import democity as city
-from clearing.business_day import business_date_of, business_window_ms
+from clearing.business_day import business_window_ms
 from clearing.client import (
     Stubs,
     bearer,
@@ -37,7 +41,7 @@ from clearing.client import (
     wait_serving,
 )
 from clearing.codes import CardType, ChargedTo, TapStatus
-from clearing.config import SeedSettings, ServerSettings
+from clearing.config import SeedSettings, ServerSettings, dump_config
 from clearing.demo_lost import lost_card_story
 from clearing.engine import seed_card_type
 from clearing.errors import ClearingError
@@ -52,7 +56,12 @@ HALL = city.principal_token("hall-1")
 AGENT = city.principal_token("agent-07")
 CITY_DAY_SCALE = 4.0  # x the reference city's day: about 113,000 bus taps, 24,000 calls
 CITY_DAY_SECONDS = 30.0  # the day compressed into this
-CITY_DAY_AHEAD_DAYS = 10  # the city day is this many days after today (the clock only moves on)
+CITY_DAY_SEED = 7
+# A fixed calendar: the story on a Monday morning, the city day a Thursday ten days
+# later (after the lost card's week: the clock only moves on).
+STORY_DAY = dt.date(2026, 11, 9)
+STORY_START = dt.datetime(2026, 11, 9, 10, 0, tzinfo=ZoneInfo(ServerSettings().timezone))
+CITY_DAY_AHEAD_DAYS = 10
 SERVER_START_SECONDS_MAX = 120.0
 
 
@@ -99,8 +108,7 @@ def _row(table: Table, what: str, result: tuple[int, ...]) -> None:
     )
 
 
-async def _story(stubs: Stubs) -> None:
-    now = int(time.time() * 1000)
+async def _story(stubs: Stubs, now: int) -> None:
     v1, v2, pos, bill = (Terminal(stubs, t) for t in (VALIDATOR_1, VALIDATOR_2, POS, BILLING))
     table = Table(title="Taps and their outcomes")
     for col in ("tap", "status", "charged to", "charged", "discount", "balance after", "journal"):
@@ -169,7 +177,7 @@ async def _balances(stubs: Stubs) -> None:
     console.print(table)
 
 
-async def _settle(stubs: Stubs, business_date: str) -> int:
+async def _settle(stubs: Stubs, business_date: str) -> tuple[int, str]:
     """The night's settlement of the demo's first day (the clock is a week on by now)."""
     reply = await stubs.settlement.RunSettlement(
         settlement_pb2.SettlementRequest(business_date=business_date),
@@ -201,28 +209,32 @@ async def _settle(stubs: Stubs, business_date: str) -> int:
         f"{reply.exception_count} exception rows"
     )
     console.print(f"report for the finance team: {reply.output_dir}/report.html")
-    return reply.tap_count
+    return reply.tap_count, reply.output_dir
 
 
-async def _city_day(target: str, metrics_url: str, day: dt.date) -> int:
+async def _city_day(
+    target: str, metrics_url: str, day: dt.date, scale: float, seconds: float
+) -> int:
     """A compressed city day through the load generator, on the server's business day."""
     from loadgen.report import print_results
     from loadgen.run import Options
     from loadgen.session import Session
 
     days = ServerSettings()
-    base_ms = business_window_ms(day, days.timezone, days.cutoff)[0]
+    base_ms = business_window_ms(day, days.timezone, days.cutoff)[0]  # 04:00 local
     console.print(
-        f"[bold]A city day[/] ({day}, {CITY_DAY_SCALE:g} x the reference city) "
-        f"compressed into {CITY_DAY_SECONDS:g} s, through the load generator"
+        f"[bold]A city day[/] ({day}, {days.cutoff} to {days.cutoff}, {scale:g} x the "
+        f"reference city, seed {CITY_DAY_SEED}) compressed into {seconds:g} s through the "
+        "load generator: its taps/s are the day's pace, not the engine's capacity "
+        "(`clearing loadgen --mode max` measures that)"
     )
-    opts = Options("day", CITY_DAY_SECONDS, drive_clock=True)
+    opts = Options("day", seconds, drive_clock=True)
     session = Session(
         target,
         city.demo_config(),
         opts,
-        scale=CITY_DAY_SCALE,
-        seed=7,
+        scale=scale,
+        seed=CITY_DAY_SEED,
         metrics_url=metrics_url,
         base_ms=base_ms,
         console=console,
@@ -234,27 +246,51 @@ async def _city_day(target: str, metrics_url: str, day: dt.date) -> int:
     return result["taps_answered"]
 
 
-async def _play(target: str, metrics_url: str, server: subprocess.Popen) -> None:
+async def _play(
+    target: str, metrics_url: str, server: subprocess.Popen, scale: float, seconds: float
+) -> str:
+    """The story, the lost card, the city day and its settlement; the settlement's
+    directory."""
     await wait_serving(target, server, SERVER_START_SECONDS_MAX)
     days = ServerSettings()  # the demo city's business days
-    today = business_date_of(int(time.time() * 1000), days.timezone, days.cutoff)
-    city_day = today + dt.timedelta(days=CITY_DAY_AHEAD_DAYS)  # after the lost card's week
+    start_ms = int(STORY_START.timestamp() * 1000)
+    city_day = STORY_DAY + dt.timedelta(days=CITY_DAY_AHEAD_DAYS)  # after the lost card's week
     async with channel(target) as chan:
         stubs = Stubs(chan)
-        await _story(stubs)
+        await _story(stubs, start_ms)
         await _balances(stubs)
-        await lost_card_story(stubs, Terminal, _row)  # it moves the clock a week on
-        answered = await _city_day(target, metrics_url, city_day)
+        await lost_card_story(stubs, Terminal, _row, start_ms)  # it moves the clock a week on
+        answered = await _city_day(target, metrics_url, city_day, scale, seconds)
         end_ms = business_window_ms(city_day, days.timezone, days.cutoff)[1]
         await stubs.admin.SetClock(
             admin_pb2.SetClockRequest(now_ms=end_ms + 1_000), metadata=bearer(city.ADMIN_TOKEN)
         )
-        settled = await _settle(stubs, city_day.isoformat())
+        settled, output_dir = await _settle(stubs, city_day.isoformat())
         if settled != answered:  # every tap of the city day belongs to that business day
             raise ClearingError(f"the settlement counts {settled} taps, the day sent {answered}")
+    return output_dir
 
 
-def run_demo(data_dir: str) -> None:
+def _write_config(data_dir: str) -> str:
+    """The demo city with its manual clock at ``STORY_START``: a fixed calendar."""
+    config = city.demo_config(data_dir=data_dir)
+    config.server.manual_clock = True  # so the demo can let a week pass for the replacement
+    config.server.manual_clock_start_ms = int(STORY_START.timestamp() * 1000)
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "demo-city.toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(dump_config(config))
+    return path
+
+
+def run_demo(
+    data_dir: str,
+    *,
+    scale: float = CITY_DAY_SCALE,
+    seconds: float = CITY_DAY_SECONDS,
+    verify: bool = True,
+) -> str:
+    """The whole demo on a fresh ``data_dir``; returns the city day's settlement directory."""
     shutil.rmtree(data_dir, ignore_errors=True)
     target = f"127.0.0.1:{free_port()}"
     metrics = target
@@ -262,20 +298,17 @@ def run_demo(data_dir: str) -> None:
         metrics = f"127.0.0.1:{free_port()}"
     console.print(f"[bold]Starting the engine on the demo city[/] ({target}, data in {data_dir}/)")
     server = subprocess.Popen(
-        serve_command(
-            target,
-            metrics,
-            data_dir=data_dir,
-            manual_clock=True,  # so the demo can let a week pass for the replacement
-        ),
+        serve_command(target, metrics, config=_write_config(data_dir)),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        asyncio.run(_play(target, f"http://{metrics}/metrics", server))
+        output_dir = asyncio.run(_play(target, f"http://{metrics}/metrics", server, scale, seconds))
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=60)
     console.print(f"server stopped (exit {code})")
-    from clearing.verify import verify_journal
+    if verify:
+        from clearing.verify import verify_journal
 
-    console.print(verify_journal(data_dir))
+        console.print(verify_journal(data_dir))
+    return output_dir

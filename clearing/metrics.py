@@ -1,9 +1,17 @@
 """Prometheus metrics: `clearing_` prefix, base units, `_total` counters, no card labels.
 
-/metrics is served by prometheus_client's WSGI app (its paths, content
-negotiation and compression unchanged) behind a small server of ours: the port
-faces anyone who can reach it, so a bad or vanishing client gets a short error
-answer or nothing, and at most one debug log line, never a traceback on stderr.
+The metrics port answers three paths, every other one 404:
+
+- ``/metrics``: prometheus_client's WSGI app (content negotiation, compression and
+  ``name[]`` filters unchanged); 503 while the journal is replayed at start, so that
+  Prometheus sees the engine down (``up`` 0) until its figures mean something;
+- ``/healthz``: 200 while the process runs (the port opens before the replay);
+- ``/readyz``: 200 while the server acknowledges work (journal replayed, serving,
+  no storage failure or engine fault), else 503 with the reason.
+
+It is a small server of ours: the port faces anyone who can reach it, so a bad or
+vanishing client gets a short error answer or nothing, and at most one debug log
+line, never a traceback on stderr.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from prometheus_client import (
 
 from clearing import tapsum_py as v
 from clearing.engine_metrics import EngineCollector
+from clearing.errors import ConfigError
 from clearing.limits import (
     METRICS_CLIENT_SECONDS_MAX,
     METRICS_CONNECTIONS_MAX,
@@ -57,6 +66,18 @@ _LATENCY_BUCKETS_SECONDS = (
     2.0,
     5.0,
 )
+
+
+# A stream lives from a reconnect (seconds) to a validator's whole shift (hours).
+_STREAM_LIFETIME_BUCKETS_SECONDS = (1.0, 10.0, 60.0, 600.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+
+def _always_ready() -> str | None:
+    return None
+
+
+def _always_scrapable() -> bool:
+    return True
 
 
 class Metrics:
@@ -127,9 +148,17 @@ class Metrics:
         )
         self.grpc_seconds = Histogram(
             "clearing_grpc_server_handling_seconds",
-            "From a call's start to its end (a stream's whole life)",
+            "Unary calls: from start to end. StreamTaps: each batch, from its arrival to its "
+            "answer. Other streams are not observed here (their life is the caller's choice)",
             grpc_labels,
             buckets=_LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.grpc_stream_seconds = Histogram(
+            "clearing_grpc_server_stream_lifetime_seconds",
+            "A streaming call's whole life, from its start to its end",
+            grpc_labels,
+            buckets=_STREAM_LIFETIME_BUCKETS_SECONDS,
             registry=r,
         )
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total
@@ -169,10 +198,27 @@ class Metrics:
     def watch_float(self, float_fen: Callable[[], int]) -> None:
         self.float_fen.set_function(float_fen)
 
-    def serve_http(self, listen: str) -> None:
-        """Serve /metrics on ``listen`` ("host:port") from a daemon thread."""
+    def serve_http(
+        self,
+        listen: str,
+        *,
+        not_ready: Callable[[], str | None] = _always_ready,
+        scrapable: Callable[[], bool] = _always_scrapable,
+    ) -> None:
+        """Serve /metrics, /healthz and /readyz on ``listen`` ("host:port") from a daemon
+        thread. ``not_ready``: why the server is not acknowledging work (None: it is);
+        ``scrapable``: whether /metrics may be read yet (False while the journal replays)."""
         host, _, port = listen.rpartition(":")
-        self._http = MetricsHttpServer(host.strip("[]") or "127.0.0.1", int(port), self.registry)
+        try:
+            self._http = MetricsHttpServer(
+                host.strip("[]") or "127.0.0.1",
+                int(port),
+                self.registry,
+                not_ready=not_ready,
+                scrapable=scrapable,
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"metrics_listen {listen!r}: cannot listen there: {exc}") from exc
         threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True).start()
 
     def stop_http(self) -> None:
@@ -234,15 +280,62 @@ class _MetricsRequest(WSGIRequestHandler):
         log.debug("metrics request", client=self.client_address[0], message=text)
 
 
+_TEXT = (("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store"))
+PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def _answer(start_response: Callable, status: HTTPStatus, text: str) -> list[bytes]:
+    # A new list each time: wsgiref adds Content-Length to the very list it is given.
+    start_response(f"{status.value} {status.phrase}", list(_TEXT))
+    return [text.encode()]
+
+
+def probes_app(
+    metrics_app: Callable, not_ready: Callable[[], str | None], scrapable: Callable[[], bool]
+) -> Callable:
+    """The port's WSGI app: /metrics (once scrapable), /healthz, /readyz; else 404."""
+
+    def app(environ: dict, start_response: Callable) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            if not scrapable():
+                return _answer(
+                    start_response,
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "starting: the journal is being replayed\n",
+                )
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            return _answer(start_response, HTTPStatus.OK, "ok: the process is up\n")
+        if path == "/readyz":
+            reason = not_ready()
+            if reason is None:
+                return _answer(start_response, HTTPStatus.OK, "ready: acknowledging work\n")
+            return _answer(start_response, HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
+        return _answer(
+            start_response, HTTPStatus.NOT_FOUND, f"not found; paths: {' '.join(PATHS)}\n"
+        )
+
+    return app
+
+
 class MetricsHttpServer(ThreadingMixIn, WSGIServer):
-    """prometheus_client's /metrics app on our quiet request handler."""
+    """The port's paths (``probes_app``) on our quiet request handler."""
 
     daemon_threads = True  # a client in flight does not hold up the stop
     # The kernel's queue of connections not yet accepted (socketserver's default is 5):
     # a burst of scrapers past it would wait a second for their SYN to be retried.
     request_queue_size = 4 * METRICS_CONNECTIONS_MAX
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        *,
+        not_ready: Callable[[], str | None] = _always_ready,
+        scrapable: Callable[[], bool] = _always_scrapable,
+    ) -> None:
         self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS_MAX)
         # IPv4 or IPv6, whichever the address is (as prometheus_client's own server).
         family, *_, address = socket.getaddrinfo(
@@ -250,7 +343,7 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
         )[0]
         self.address_family = family
         super().__init__((address[0], port), _MetricsRequest)
-        self.set_app(make_wsgi_app(registry))
+        self.set_app(probes_app(make_wsgi_app(registry), not_ready, scrapable))
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

@@ -2,13 +2,17 @@
 
 Reads gRPC health and the server's /metrics; needs no token. Counts and fen are
 integers: they are read and printed exactly, never through a float's rounding.
+Money is printed in CNY (yuan with two decimals, from integer fen); ``--json`` gives
+the figures as integers (``float_fen``) instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import urllib.request
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -65,45 +69,104 @@ def count_text(value: int | float) -> str:
     return f"{value:g}"
 
 
-def _yuan(fen: int | float) -> str:
+def _cny(fen: int | float) -> str:
+    """Fen as CNY with two decimals (the word every CLI and report output uses)."""
     if not isinstance(fen, int):
         return f"{fen / 100:,.2f}"
     whole, cents = divmod(abs(fen), 100)
     return f"{'-' if fen < 0 else ''}{whole:,}.{cents:02d}"
 
 
-def _age(unix_s: float) -> str:
+def _age(unix_s: float, never: str) -> str:
     if not unix_s:
-        return "never since the start"
+        return never
     return f"{time.time() - unix_s:,.0f} s ago"
+
+
+def _utc(unix_s: float) -> str | None:
+    """An instant as RFC 3339 UTC, None for 0 (never)."""
+    if not unix_s:
+        return None
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).isoformat(timespec="seconds")
+
+
+def facts(target: str, metrics_url: str, credentials=None) -> dict[str, Any]:
+    """What `clearing status --json` prints: integers as integers (fen, counts), instants
+    as RFC 3339 UTC, null for "never" or "unknown"; ``serving`` decides the exit code."""
+    state = health(target, credentials)
+    found: dict[str, Any] = {
+        "health": state,
+        "serving": state == "SERVING",
+        "target": target,
+        "metrics_url": metrics_url,
+    }
+    try:
+        m = scrape(metrics_url)
+    except OSError as exc:
+        return {**found, "metrics_error": str(exc)}
+    day = m.get("clearing_settlement_last_business_day_timestamp_seconds", 0)
+    settled = m.get("clearing_settlement_last_success_timestamp_seconds", 0)
+    return {
+        **found,
+        "metrics_error": None,
+        "journal": {
+            "last_seq": m.get("clearing_journal_last_seq", 0),
+            "size_bytes": m.get("clearing_journal_size_bytes", 0),
+            "map_size_bytes": m.get("clearing_journal_map_size_bytes"),
+        },
+        "last_settlement": {
+            # Local midnight + 12 h is the business date's noon: its date in any zone.
+            "business_date": dt.datetime.fromtimestamp(day + 43_200, dt.UTC).date().isoformat()
+            if day
+            else None,
+            "settled_at": _utc(settled),
+        },
+        "deny_list_version": m.get("clearing_deny_list_version", 0),
+        "last_checkpoint_at": _utc(m.get("clearing_checkpoint_last_success_timestamp_seconds", 0)),
+        "float_fen": m.get("clearing_float_fen", 0),
+        "terminal_gap_taps": {
+            k.split("=")[1][:-1]: v for k, v in m.items() if k.startswith("clearing_terminal_gap")
+        },
+    }
+
+
+def render(f: dict[str, Any]) -> str:
+    """``facts`` as the lines `clearing status` prints."""
+    lines = [f"health            {f['health']} ({f['target']})"]
+    if f["metrics_error"] is not None:
+        lines.append(f"metrics           unreachable at {f['metrics_url']}: {f['metrics_error']}")
+        return "\n".join(lines)
+    journal, settlement = f["journal"], f["last_settlement"]
+    size, room = journal["size_bytes"], journal["map_size_bytes"]
+    settled = settlement["settled_at"]
+    settled_s = dt.datetime.fromisoformat(settled).timestamp() if settled else 0
+    checkpoint = f["last_checkpoint_at"]
+    checkpoint_s = dt.datetime.fromisoformat(checkpoint).timestamp() if checkpoint else 0
+    lines += [
+        f"journal           entry {int(journal['last_seq']):,}, "
+        f"{size / 2**20:,.1f} MiB of a {room / 2**20 if room else 0:,.0f} MiB map",
+        "last settlement   "
+        + (
+            f"{settlement['business_date']}, settled {_age(settled_s, 'never')}"
+            if settlement["business_date"]
+            else "none yet"
+        ),
+        f"deny list         version {int(f['deny_list_version'])}",
+        f"last checkpoint   {_age(checkpoint_s, 'never since the start')}",
+        f"float             {_cny(f['float_fen'])} CNY",
+        "terminal gaps     "
+        + (", ".join(f"{c} {count_text(n)}" for c, n in f["terminal_gap_taps"].items()) or "none"),
+    ]
+    return "\n".join(lines)
 
 
 def report(target: str, metrics_url: str, credentials=None) -> tuple[str, bool]:
     """(the text to print, whether the server is serving)."""
-    state = health(target, credentials)
-    lines = [f"health            {state} ({target})"]
-    try:
-        m = scrape(metrics_url)
-    except OSError as exc:
-        lines.append(f"metrics           unreachable at {metrics_url}: {exc}")
-        return "\n".join(lines), state == "SERVING"
-    size, room = m.get("clearing_journal_size_bytes", 0), m.get("clearing_journal_map_size_bytes")
-    day = m.get("clearing_settlement_last_business_day_timestamp_seconds", 0)
-    gaps = {k.split("=")[1][:-1]: v for k, v in m.items() if k.startswith("clearing_terminal_gap")}
-    lines += [
-        f"journal           entry {int(m.get('clearing_journal_last_seq', 0)):,}, "
-        f"{size / 2**20:,.1f} MiB of a {room / 2**20 if room else 0:,.0f} MiB map",
-        "last settlement   "
-        + (
-            f"{dt.datetime.fromtimestamp(day + 43_200, dt.UTC).date()}, settled "
-            f"{_age(m.get('clearing_settlement_last_success_timestamp_seconds', 0))}"
-            if day
-            else "none yet"
-        ),
-        f"deny list         version {int(m.get('clearing_deny_list_version', 0))}",
-        f"last checkpoint   {_age(m.get('clearing_checkpoint_last_success_timestamp_seconds', 0))}",
-        f"float             {_yuan(m.get('clearing_float_fen', 0))} yuan",
-        "terminal gaps     "
-        + (", ".join(f"{c} {count_text(n)}" for c, n in gaps.items()) or "none"),
-    ]
-    return "\n".join(lines), state == "SERVING"
+    f = facts(target, metrics_url, credentials)
+    return render(f), f["serving"]
+
+
+def report_json(target: str, metrics_url: str, credentials=None) -> tuple[str, bool]:
+    """(``facts`` as one JSON object, whether the server is serving)."""
+    f = facts(target, metrics_url, credentials)
+    return json.dumps(f, ensure_ascii=False, sort_keys=True), f["serving"]

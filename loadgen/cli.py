@@ -16,7 +16,8 @@ from loadgen.report import print_results
 from loadgen.run import Options
 from loadgen.session import Session
 
-app = typer.Typer(add_completion=False, help=__doc__)
+# One command with its options: no "COMMAND [ARGS]..." in the usage line, no subcommands.
+app = typer.Typer(add_completion=False, help=__doc__, subcommand_metavar="")
 
 
 @app.callback(invoke_without_command=True)

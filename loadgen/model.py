@@ -21,6 +21,7 @@ from numpy.random import PCG64, Generator, SeedSequence
 
 from clearing import limits
 from loadgen.city import City
+from loadgen.draws import DAY_MS, HOUR_MS, MINUTE_MS, draw_times, log_normal
 from loadgen.plan import CardOp, DayPlan, TapBatch
 
 # SPEC §9 canonical tap bytes, exactly limits.TAP_STRUCT records.
@@ -29,17 +30,14 @@ TAP_DTYPE = np.dtype(
 )
 assert TAP_DTYPE.itemsize == limits.TAP_BYTES == 36
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
-
-# Daily volumes at scale 1 (SPEC §1's monthly figures / 30).
+# Daily volumes at scale 1: SPEC §1's city a month (850,000 bus taps, 60,000 merchant
+# and 30,000 utility payments, about 2.4 M CNY of top-ups) / 30.
 BUS_TAPS_PER_DAY = 28_300
 TRANSFER_SHARE = 0.20  # journeys with a second leg on another route
 TRANSFER_GAP_MS = (5 * MINUTE_MS, 80 * MINUTE_MS)  # inside the 90-minute window
 POS_PER_DAY = 2_000
-BILLING_SHARE = 0.05  # of merchant payments
-TOPUPS_PER_DAY = 2_500  # about what the cards spend after discounts: the float stays flat
+BILLS_PER_DAY = 1_000
+TOPUPS_PER_DAY = 1_600  # x TOPUP_MEAN_FEN: 8.0 M fen, what the cards spend: the float stays flat
 HALL_TOPUP_SHARE = 0.30  # the rest at agents
 
 # Relative activity by hour of day, 00..23: rush hours 07-09 and 17-19, quiet nights.
@@ -58,9 +56,16 @@ assert all(len(p) == 24 for p in (BUS_PROFILE, SHOP_PROFILE, HALL_PROFILE, AGENT
 FARES_FEN = {"op-bus-1": 200, "op-bus-2": 200, "op-bus-3": 300}
 DEFAULT_FARE_FEN = 200
 ROUTES_PER_OPERATOR = 10
-POS_LIST_FEN = (500, 20_000)
-BILLING_LIST_FEN = (2_000, 30_000)
-TOPUP_HUNDREDS = (20, 100)  # 2,000..10,000 fen in round 100s
+# Card payments are small (breakfast, a market stall, a convenience store; water and
+# telephone bills): log-normal list amounts, median and spread, clipped to a range. With
+# the bus fares (about 4.8 M fen a day) they spend what the top-ups bring, and few exceed
+# a card's balance (the city opens cards with 50 CNY): a few per cent are declined.
+POS_LIST_FEN = (100, 20_000)
+POS_MEDIAN_FEN, POS_SIGMA = 900, 1.0  # mean list about 1,480 fen, charged about 1,200
+BILLING_LIST_FEN = (100, 30_000)
+BILLING_MEDIAN_FEN, BILLING_SIGMA = 850, 0.8  # mean about 1,170 fen
+TOPUP_FEN = (2_000, 3_000, 5_000, 10_000)  # what people hand over at the counter
+TOPUP_WEIGHTS = (0.2, 0.2, 0.4, 0.2)  # mean 5,000 fen
 MERCHANT_ZIPF = 0.9  # a few busy supermarkets, a long tail of small shops
 
 # Offline validators: a bus uploads at the depot (every 2-4 h) or when a batch is
@@ -88,6 +93,7 @@ class _Day:
     seed: int
     base_ms: int
     batch_taps: int
+    local0_ms: int  # local time of day at model time 0 (ms since local midnight)
     bases: Mapping[int, int]  # terminal id -> the last terminal_seq it used
     pick_cards: CardPicker
 
@@ -100,11 +106,15 @@ def plan_day(
     base_ms: int,
     batch_taps: int = 500,
     seq_base: Mapping[int, int] | None = None,
+    local0_ms: int = 0,
 ) -> DayPlan:
-    """One city day; ``seq_base`` maps a terminal id to the last terminal_seq it used."""
-    assert scale > 0 and batch_taps > 0
+    """One city day; ``seq_base`` maps a terminal id to the last terminal_seq it used;
+    ``local0_ms`` is the local time of day at ``base_ms`` (4 h for a day that starts at
+    a 04:00 cutoff), so that rush hours fall on the city's clock
+    (``loadgen.draws.local_ms_of_day``)."""
+    assert scale > 0 and batch_taps > 0 and 0 <= local0_ms < DAY_MS
     bases = dict(seq_base or {})
-    day = _Day(city, scale, seed, base_ms, batch_taps, bases, _card_picker(city))
+    day = _Day(city, scale, seed, base_ms, batch_taps, local0_ms, bases, _card_picker(city))
     # Independent streams: changing one part of the model leaves the others as they were.
     bus, upload, shop, ops = (Generator(PCG64(s)) for s in SeedSequence(seed).spawn(4))
     plan = DayPlan(base_ms=base_ms)
@@ -121,30 +131,6 @@ def plan_day(
         if collecting:
             gc.enable()
     return plan
-
-
-def _times(
-    rng: Generator, size: int, profile: tuple[float, ...], *, ascending: bool = False
-) -> np.ndarray:
-    """Model times (ms) following the hourly ``profile``: one uniform each, by inverse CDF.
-
-    ``ascending`` draws the uniforms already sorted (normalised sums of exponential
-    spacings) in linear time, instead of sorting millions of times afterwards.
-    """
-    weights = np.asarray(profile, dtype=np.float64)
-    hours = np.flatnonzero(weights > 0)  # open hours, laid end to end, then put back
-    cdf = np.concatenate(([0.0], np.cumsum(weights[hours]) / weights.sum()))
-    if ascending:
-        u = np.cumsum(rng.standard_exponential(size + 1))
-        u /= u[-1]
-        u = u[:-1]
-    else:
-        u = rng.random(size)
-    t = np.interp(u, cdf, np.arange(len(hours) + 1) * float(HOUR_MS))
-    ms = np.minimum(t, len(hours) * HOUR_MS - 1, out=t).astype(np.int64)
-    shift = (hours - np.arange(len(hours))) * HOUR_MS
-    ms += shift[0] if (shift == shift[0]).all() else shift[ms // HOUR_MS]
-    return ms
 
 
 def _card_picker(city: City) -> CardPicker:
@@ -216,7 +202,7 @@ def _bus_legs(rng: Generator, day: _Day, net: _Network) -> tuple[np.ndarray, ...
     journeys = round(day.scale * BUS_TAPS_PER_DAY / (1 + TRANSFER_SHARE))
     # Journeys are interchangeable until their other fields are drawn: starting them in
     # time order makes the final (validator, time) ordering cheap.
-    start = _times(rng, journeys, BUS_PROFILE, ascending=True)
+    start = draw_times(rng, journeys, BUS_PROFILE, day.local0_ms, ascending=True)
     # A route in proportion to its buses, then a bus on it: any bus, uniformly.
     bus = rng.integers(0, len(net.route_of), size=journeys, dtype=np.int32)
     card = day.pick_cards(rng, journeys)
@@ -286,18 +272,12 @@ def _validator_batches(
     return batches
 
 
-def _log_uniform(rng: Generator, size: int, bounds: tuple[int, int], step: int) -> np.ndarray:
-    """Amounts in fen: many small ones, a few large ones, multiples of ``step``."""
-    x = np.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]), size=size))
-    return np.clip(np.rint(x / step).astype(np.int64) * step, bounds[0], bounds[1])
-
-
 def _single_taps(rng: Generator, day: _Day) -> list[TapBatch]:
     """Online POS payments and bills: one tap per call, sent as it happens."""
     city, scale = day.city, day.scale
     terminals = (*city.pos, *city.billing)
     n_pos = round(scale * POS_PER_DAY) if city.pos else 0
-    n_bill = round(scale * POS_PER_DAY * BILLING_SHARE) if city.billing else 0
+    n_bill = round(scale * BILLS_PER_DAY) if city.billing else 0
     zipf = 1.0 / np.arange(1, len(city.pos) + 1) ** MERCHANT_ZIPF
     terminal = np.concatenate(
         (
@@ -306,9 +286,12 @@ def _single_taps(rng: Generator, day: _Day) -> list[TapBatch]:
         )
     ).astype(np.int64)
     amount = np.concatenate(
-        (_log_uniform(rng, n_pos, POS_LIST_FEN, 10), _log_uniform(rng, n_bill, BILLING_LIST_FEN, 1))
+        (
+            log_normal(rng, n_pos, POS_LIST_FEN, (POS_MEDIAN_FEN, POS_SIGMA), 10),
+            log_normal(rng, n_bill, BILLING_LIST_FEN, (BILLING_MEDIAN_FEN, BILLING_SIGMA), 10),
+        )
     )
-    occurred = _times(rng, n_pos + n_bill, SHOP_PROFILE)
+    occurred = draw_times(rng, n_pos + n_bill, SHOP_PROFILE, day.local0_ms)
     card = day.pick_cards(rng, n_pos + n_bill)
     order = np.lexsort((occurred, terminal))
     terminal, occurred, card, amount = terminal[order], occurred[order], card[order], amount[order]
@@ -329,7 +312,7 @@ def _card_ops(rng: Generator, day: _Day) -> list[CardOp]:
     n_lost = max(2, round(2 * math.sqrt(day.scale)))
     draws = day.pick_cards(rng, 4 * n_lost + 16)
     lost = draws[np.sort(np.unique(draws, return_index=True)[1])][:n_lost].tolist()  # distinct
-    lost_at = _times(rng, len(lost), HALL_PROFILE).tolist()
+    lost_at = draw_times(rng, len(lost), HALL_PROFILE, day.local0_ms).tolist()
     report_at = rng.integers(0, len(halls), size=len(lost)).tolist()
     ops = [
         CardOp(t, "ReportLoss", halls[h], c)
@@ -356,11 +339,14 @@ def _topups(rng: Generator, day: _Day, lost_at: dict[int, int]) -> list[CardOp]:
     agents = [party for party, _ in day.city.agents] or halls
     n = round(day.scale * TOPUPS_PER_DAY)
     at_hall = rng.random(n) < HALL_TOPUP_SHARE
-    when = np.where(at_hall, _times(rng, n, HALL_PROFILE), _times(rng, n, AGENT_PROFILE))
+    local0 = day.local0_ms
+    when = np.where(
+        at_hall, draw_times(rng, n, HALL_PROFILE, local0), draw_times(rng, n, AGENT_PROFILE, local0)
+    )
     channel = np.where(
         at_hall, rng.integers(0, len(halls), n), len(halls) + rng.integers(0, len(agents), n)
     )
-    amount = rng.integers(TOPUP_HUNDREDS[0], TOPUP_HUNDREDS[1] + 1, size=n) * 100
+    amount = rng.choice(np.array(TOPUP_FEN, dtype=np.int64), size=n, p=TOPUP_WEIGHTS)
     card = day.pick_cards(rng, n)
     keep = np.ones(n, dtype=bool)
     for c, t in lost_at.items():  # a LOST card takes no top-ups (SPEC §6)

@@ -3,6 +3,7 @@
 - ``day``: the whole plan, every kind of event at its model time, the day
   compressed into ``duration_s`` (the demo); with ``drive_clock`` the
   server's manual clock follows the day, so taps land on their business day.
+  How the day is paced so that a seed gives the same answers: ``loadgen.day``.
 - ``rate``: open loop. Validator batches are due at a fixed offered rate of
   taps; each batch's latency runs from the moment it was DUE, so a slow
   server cannot hide its queueing by slowing the sender down.
@@ -25,19 +26,20 @@ import grpc
 
 from clearing.client import Stubs, bearer
 from clearing.server.taps import batch_mac
-from clearing.v1 import admin_pb2, cards_pb2, taps_pb2
+from clearing.v1 import cards_pb2, taps_pb2
 from loadgen.city import City, Terminal
+from loadgen.day import DAY_MS as DAY_MS  # re-exported: callers plan days with it
+from loadgen.day import run_day
 from loadgen.plan import CardOp, DayPlan, TapBatch
 from loadgen.tally import LATENCY_US_MAX, Tally
 
-DAY_MS = 86_400_000
-CLOCK_LEAD_MS = 60_000  # day mode: the server clock runs this far ahead of the plan
-CLOCK_END_MARGIN_MS = 60_000  # ... but stops this far before the day's end
 CALL_TIMEOUT_S = 30.0
 # Unary calls in flight on the channel at once. Beyond a few hundred on one HTTP/2
 # connection the server answers the excess CANCELLED; real terminals are many clients
-# with a call or two each. Waiting here counts in the latency (it runs from the due time).
+# with a call or two each. In rate and max modes waiting here counts in the latency (it
+# runs from the due time); in day mode latency runs from the send, after this gate.
 UNARY_IN_FLIGHT_MAX = 100
+PLAN_SHORT_SLACK_S = 0.5  # a plan that ends this much before --duration is reported
 
 
 class Options(NamedTuple):
@@ -65,26 +67,29 @@ def signed(terminal: Terminal, batch: TapBatch) -> taps_pb2.TapBatch:
 
 
 class Lane:
-    """One validator's stream in the open-loop modes: batches go out when due,
-    answers come back in order and are matched to their due times."""
+    """One validator's stream: batches go out when sent, answers come back in order
+    and are matched to their due times (open loop) or to their sends (day mode)."""
 
-    def __init__(self, runner: Runner, terminal: Terminal) -> None:
-        self.runner, self.terminal = runner, terminal
-        self.queue: asyncio.Queue[tuple[TapBatch, float] | None] = asyncio.Queue()
-        self.pending: deque[tuple[TapBatch, float]] = deque()
+    def __init__(self, runner: Runner, terminal: Terminal, *, from_send: bool = False) -> None:
+        self.runner, self.terminal, self.from_send = runner, terminal, from_send
+        self.queue: asyncio.Queue[_Sent | None] = asyncio.Queue()
+        self.pending: deque[_Sent] = deque()
         self.broken = False
         self.task = asyncio.create_task(self._run())
 
-    def send(self, batch: TapBatch, due: float) -> None:
+    def send(self, batch: TapBatch, due: float, done: asyncio.Future | None = None) -> None:
         if self.broken:
             self.runner.tally.failed("STREAM_BROKEN", batch.count)
+            _finish(done)
         else:
-            self.queue.put_nowait((batch, due))
+            self.queue.put_nowait(_Sent(batch, due, done))
 
     async def _requests(self) -> AsyncIterator[taps_pb2.TapBatch]:
         while (item := await self.queue.get()) is not None:
+            if self.from_send:  # day mode: the latency of this call, from now
+                item = item._replace(due=time.perf_counter())
             self.pending.append(item)
-            yield signed(self.terminal, item[0])
+            yield signed(self.terminal, item.batch)
 
     async def _run(self) -> None:
         call = self.runner.stubs.taps.StreamTaps(
@@ -92,20 +97,34 @@ class Lane:
         )
         try:
             async for reply in call:
-                batch, due = self.pending.popleft()
-                self.runner.answered(batch, reply, due)
+                item = self.pending.popleft()
+                self.runner.answered(item.batch, reply, item.due)
+                _finish(item.done)
         except grpc.aio.AioRpcError as exc:
             self.broken = True
-            for batch, _ in self.pending:
-                self.runner.tally.failed(exc.code().name, batch.count)
+            for item in self.pending:
+                self.runner.tally.failed(exc.code().name, item.batch.count)
+                _finish(item.done)
             while not self.queue.empty():
-                item = self.queue.get_nowait()
-                if item is not None:
-                    self.runner.tally.failed(exc.code().name, item[0].count)
+                left = self.queue.get_nowait()
+                if left is not None:
+                    self.runner.tally.failed(exc.code().name, left.batch.count)
+                    _finish(left.done)
 
     async def close(self) -> None:
         self.queue.put_nowait(None)
         await self.task
+
+
+class _Sent(NamedTuple):
+    batch: TapBatch
+    due: float  # perf_counter seconds the latency runs from
+    done: asyncio.Future | None  # day mode: set once answered (or failed)
+
+
+def _finish(done: asyncio.Future | None) -> None:
+    if done is not None and not done.done():
+        done.set_result(None)
 
 
 class Runner:
@@ -115,9 +134,9 @@ class Runner:
         self.tokens = dict(city.halls) | dict(city.agents)
         self.lanes: dict[int, Lane] = {}
         self.tasks: set[asyncio.Task] = set()
-        self.clock_model_ms = -1
         self.unary_gate = asyncio.Semaphore(UNARY_IN_FLIGHT_MAX)
         self.request_prefix = f"loadgen-{plan.base_ms}"
+        self.warnings: list[str] = []  # what makes the figures mean less than they seem
 
     # Answers ----------------------------------------------------------------------------
 
@@ -130,11 +149,13 @@ class Runner:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _single(self, batch: TapBatch, due: float) -> None:
+    async def single(self, batch: TapBatch, due: float, *, from_send: bool = False) -> None:
         terminal = self.terminals[batch.terminal_id]
         self.tally.taps_offered += batch.count
         try:
             async with self.unary_gate:
+                if from_send:  # day mode: this call's latency, not the gate's queue
+                    due = time.perf_counter()
                 reply = await self.stubs.taps.SubmitTaps(
                     signed(terminal, batch), metadata=bearer(terminal.token), timeout=CALL_TIMEOUT_S
                 )
@@ -144,7 +165,7 @@ class Runner:
         self.tally.single_latency.record_value(latency_us(due))
         self.tally.batch(batch.packed_taps, reply.packed_results, reply.journal_seq)
 
-    async def _card_op(self, index: int, op: CardOp) -> None:
+    async def card_op(self, index: int, op: CardOp) -> None:
         async with self.unary_gate:
             await self._card_op_call(index, op)
 
@@ -175,11 +196,21 @@ class Runner:
             self.tally.failed(exc.code().name, 0, exc.details() or "")
             self.tally.uncertain_cards.add(op.card_id)
 
-    def _lane(self, terminal_id: int) -> Lane:
+    def lane(self, terminal_id: int, *, from_send: bool = False) -> Lane:
         lane = self.lanes.get(terminal_id)
         if lane is None:
-            lane = self.lanes[terminal_id] = Lane(self, self.terminals[terminal_id])
+            terminal = self.terminals[terminal_id]
+            lane = self.lanes[terminal_id] = Lane(self, terminal, from_send=from_send)
         return lane
+
+    def _short(self, what: str, started: float, ran_out: float) -> None:
+        """Warn when the plan ran out before --duration: the offered rate is then lower."""
+        if ran_out < started + self.opts.duration_s - PLAN_SHORT_SLACK_S:
+            self.warnings.append(
+                f"the plan's {what} ran out after {ran_out - started:.1f} s of the "
+                f"{self.opts.duration_s:g} s asked for: the offered rate is lower than asked "
+                "(raise --scale for a longer plan)"
+            )
 
     # Pacing ----------------------------------------------------------------------------
 
@@ -215,8 +246,10 @@ class Runner:
                 break
             await self._until(due)
             self.tally.taps_offered += batch.count
-            self._lane(batch.terminal_id).send(batch, due)
+            self.lane(batch.terminal_id).send(batch, due)
             sent += batch.count
+        else:
+            self._short("validator batches", started, started + sent / self.opts.rate_taps_s)
 
     def _rate_batches(self) -> list[TapBatch]:
         """The batches of the busiest validators, in plan order: at least ``streams`` of
@@ -244,7 +277,7 @@ class Runner:
                     self.opts.pos_rate,
                     started,
                     end,
-                    lambda i, b, due: self._single(b, due),
+                    lambda i, b, due: self.single(b, due),
                 )
             )
         if self.opts.ops_rate > 0:
@@ -254,7 +287,7 @@ class Runner:
                     self.opts.ops_rate,
                     started,
                     end,
-                    lambda i, op, due: self._card_op(i, op),
+                    lambda i, op, due: self.card_op(i, op),
                 )
             )
 
@@ -267,6 +300,8 @@ class Runner:
                 return
             await self._until(due)
             self._spawn(make(i, item, due))
+        what = "single taps" if items is self.plan.single_taps else "card operations"
+        self._short(what, started, started + len(items) / rate)
 
     async def _flat_out(self, started: float) -> None:
         self._side_pacers(started)
@@ -276,6 +311,8 @@ class Runner:
         queue = deque(by_terminal.items())
         end = started + self.opts.duration_s
         await asyncio.gather(*(self._stream_worker(queue, end) for _ in range(self.opts.streams)))
+        if not queue:
+            self._short("validator batches", started, time.perf_counter())
 
     async def _stream_worker(self, queue: deque, end: float) -> None:
         """Take a terminal's batches, pipeline them on its stream, then the next terminal."""
@@ -305,34 +342,4 @@ class Runner:
                     self.tally.failed(exc.code().name, batch.count)
 
     async def _the_day(self, started: float) -> None:
-        """Every event at its model time, the day compressed into ``duration_s``."""
-        per_ms = self.opts.duration_s / DAY_MS  # wall seconds per model millisecond
-        events = [(b.send_ms, 0, i) for i, b in enumerate(self.plan.validator_batches)]
-        events += [(b.send_ms, 1, i) for i, b in enumerate(self.plan.single_taps)]
-        events += [(op.send_ms, 2, i) for i, op in enumerate(self.plan.card_ops)]
-        events.sort()
-        for send_ms, kind, i in events:
-            if self.opts.drive_clock:
-                await self._drive_clock(send_ms)
-            due = started + send_ms * per_ms
-            await self._until(due)
-            if kind == 0:
-                batch = self.plan.validator_batches[i]
-                self.tally.taps_offered += batch.count
-                self._lane(batch.terminal_id).send(batch, due)
-            elif kind == 1:
-                self._spawn(self._single(self.plan.single_taps[i], due))
-            else:
-                self._spawn(self._card_op(i, self.plan.card_ops[i]))
-
-    async def _drive_clock(self, send_ms: int) -> None:
-        """Keep the server's manual clock just ahead of the plan (a minute of model time)."""
-        if send_ms < self.clock_model_ms:
-            return
-        # Never past the day's end while it is being sent: late uploads belong to this day
-        # (and stamps of entries sent in one millisecond run ahead of the clock: margin).
-        self.clock_model_ms = min(send_ms + CLOCK_LEAD_MS, DAY_MS - CLOCK_END_MARGIN_MS)
-        await self.stubs.admin.SetClock(
-            admin_pb2.SetClockRequest(now_ms=self.plan.base_ms + self.clock_model_ms),
-            metadata=bearer(self.city.admin_token),
-        )
+        await run_day(self, started)

@@ -6,7 +6,8 @@ import asyncio
 import gc
 import random
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +17,7 @@ from clearing.config import Config
 from clearing.v1 import admin_pb2
 from loadgen.check import balances, scrape, verdict
 from loadgen.city import City, city_of
+from loadgen.draws import local_ms_of_day
 from loadgen.model import plan_day
 from loadgen.plan import DayPlan
 from loadgen.report import results
@@ -48,10 +50,28 @@ class Session:
         self.target, self.opts = target, opts
         self.positions = positions
         self.city: City = city_of(config)
+        self.timezone = config.server.timezone  # the model's hours are the city's
         self.scale, self.seed, self.batch_taps, self.sample = scale, seed, batch_taps, sample
         self.metrics_url = metrics_url
         self.base_ms = base_ms
         self.console = console or Console(stderr=True)
+
+    def parameters(self) -> dict:
+        """What this run was asked to do, for the table and the JSON."""
+        return {
+            "target": self.target,
+            "mode": self.opts.mode,
+            "duration_s": self.opts.duration_s,
+            "streams": self.opts.streams,
+            "window": self.opts.window,
+            "rate_taps_s": self.opts.rate_taps_s,
+            "pos_rate": self.opts.pos_rate,
+            "ops_rate": self.opts.ops_rate,
+            "batch_taps": self.batch_taps,
+            "scale": self.scale,
+            "seed": self.seed,
+            "drive_clock": self.opts.drive_clock,
+        }
 
     async def run(self) -> dict:
         async with channel(self.target) as chan:
@@ -63,29 +83,66 @@ class Session:
             hall_token = self.city.halls[0][1]
             cards = sorted(tally.sampled_set)
             served_before = await scrape(self.metrics_url) if self.metrics_url else None
-            before = await balances(stubs, hall_token, cards)
+            with self._step(f"reading {len(cards):,} sampled balances"):
+                before = await balances(stubs, hall_token, cards)
+            runner = Runner(stubs, self.city, plan, tally, self.opts)
+            cpu_before = time.process_time()  # this process: the generator, gRPC's threads
             with self._progress(tally, plan):
-                seconds = await Runner(stubs, self.city, plan, tally, self.opts).run()
+                seconds = await runner.run()
+            cpu_s = time.process_time() - cpu_before
             served = None
             if self.metrics_url:
                 served = (await scrape(self.metrics_url)).minus(served_before)
             after = await balances(stubs, hall_token, cards)
-        return results(tally, seconds, self.opts, verdict(tally, served, before, after))
+        problems = verdict(tally, served, before, after)
+        out = results(tally, seconds, self.opts, problems, cpu_s=cpu_s, warnings=runner.warnings)
+        out["parameters"] = self.parameters()
+        return out
 
     async def _plan(self, stubs: Stubs) -> DayPlan:
-        seq_base = await terminal_positions(stubs, self.city) if self.positions else {}
+        seq_base = await self._positions(stubs) if self.positions else {}
         base_ms = self.base_ms
         if base_ms is None:  # the whole day in the recent past: every tap is in time
             base_ms = int(time.time() * 1000) - DAY_MS - PAST_MARGIN_MS
-        return await asyncio.to_thread(
-            plan_day,
-            self.city,
-            scale=self.scale,
-            seed=self.seed,
-            base_ms=base_ms,
-            batch_taps=self.batch_taps,
-            seq_base=seq_base,
-        )
+        with self._step(f"planning the day (scale {self.scale:g}, seed {self.seed})"):
+            return await asyncio.to_thread(
+                plan_day,
+                self.city,
+                scale=self.scale,
+                seed=self.seed,
+                base_ms=base_ms,
+                batch_taps=self.batch_taps,
+                seq_base=seq_base,
+                local0_ms=local_ms_of_day(base_ms, self.timezone),
+            )
+
+    async def _positions(self, stubs: Stubs) -> dict[int, int]:
+        """Terminal positions, with a line that counts them in (one call a terminal: on
+        a large journal this has taken tens of seconds)."""
+        total = len(self.city.terminals)
+        what = f"reading the positions of {total:,} terminals (GetTerminalStatus)"
+        if not self.console.is_terminal:
+            with self._step(what):
+                return await terminal_positions(stubs, self.city)
+        progress = Progress(
+            TextColumn(what), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+            TimeElapsedColumn(), console=self.console,
+        )  # fmt: skip
+        task = progress.add_task("positions", total=total)
+        with progress:
+            return await terminal_positions(stubs, self.city, lambda: progress.advance(task))
+
+    @contextmanager
+    def _step(self, what: str) -> Iterator[None]:
+        """One start-up step: a spinner on a terminal, a line before and after elsewhere."""
+        started = time.perf_counter()
+        if self.console.is_terminal:
+            with self.console.status(what + " ..."):
+                yield
+        else:
+            self.console.print(f"loadgen: {what} ...")
+            yield
+        self.console.print(f"loadgen: {what}: {time.perf_counter() - started:.1f} s")
 
     def _sample(self, plan: DayPlan) -> set[int]:
         """Cards the plan touches, minus those lost or replaced (their balances move)."""
@@ -128,7 +185,7 @@ class _Bar:
             TextColumn("{task.completed:,}/{task.total:,}"),
             TimeElapsedColumn(),
             console=console,
-            transient=True,
+            transient=False,  # the last line stays: how far it got, how long it took
         )
         self.task_id = self.progress.add_task("taps", total=total)
         self.refresher: asyncio.Task | None = None
@@ -146,11 +203,15 @@ class _Bar:
     def __exit__(self, *exc) -> None:
         if self.refresher is not None:
             self.refresher.cancel()
+        self.progress.update(self.task_id, completed=self.tally.taps_answered)
         self.progress.stop()
 
 
-async def terminal_positions(stubs: Stubs, city: City) -> dict[int, int]:
-    """Each terminal's highest terminal_seq so far: this run's numbers continue from it."""
+async def terminal_positions(
+    stubs: Stubs, city: City, each: Callable[[], None] | None = None
+) -> dict[int, int]:
+    """Each terminal's highest terminal_seq so far: this run's numbers continue from it.
+    ``each`` is called after every terminal read (a progress line)."""
     gate = asyncio.Semaphore(STATUS_READS_IN_FLIGHT)
     metadata = bearer(city.admin_token)
 
@@ -159,6 +220,8 @@ async def terminal_positions(stubs: Stubs, city: City) -> dict[int, int]:
             status = await stubs.admin.GetTerminalStatus(
                 admin_pb2.GetTerminalStatusRequest(terminal_id=terminal_id), metadata=metadata
             )
-            return terminal_id, status.last_seq
+        if each is not None:
+            each()
+        return terminal_id, status.last_seq
 
     return dict(await asyncio.gather(*(one(t) for t in city.terminals)))

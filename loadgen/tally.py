@@ -55,6 +55,7 @@ class Tally:
         self.card_ops: Counter[str] = Counter()  # "TopUp:OK" ...
         self.batch_latency = histogram()
         self.single_latency = histogram()
+        self.schedule_lag = histogram()  # day mode: how late each event went out
         self.uncertain_cards: set[int] = set()  # in card operations that failed
         self.topups_fen = 0  # Σ answered OK top-ups, every card
         self.bad_results = 0  # answers that contradict themselves (the summariser's BAD)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from clearing.business_day import parse_business_date
-from clearing.cli import app
+from clearing.cli import EXIT_FAILED, app
 from clearing.config import dump_config
 from clearing.errors import RequestRejected
 from clearing.v1 import settlement_pb2
@@ -133,7 +133,7 @@ def test_the_settle_command_refuses_lenient_dates(city, tmp_path, cli):
     config.write_text(dump_config(msgspec.structs.replace(city, server=server)))
     for text in LENIENT:
         result = cli.invoke(app, ["settle", "--date", text, "--config", str(config)])
-        assert result.exit_code == 2, (text, result.output)
+        assert result.exit_code == EXIT_FAILED, (text, result.output)
         (line,) = result.output.strip().splitlines()
         assert line.startswith("error: ") and "YYYY-MM-DD" in line, line
     assert not os.path.exists(os.path.join(city.server.data_dir, "settlement"))

@@ -23,6 +23,7 @@ import lmdb
 import msgspec
 import pytest
 
+from clearing.cli import EXIT_FAILED
 from clearing.client import serve_command
 from clearing.errors import JournalError
 from clearing.journal import Journal
@@ -83,7 +84,7 @@ def test_every_damaged_page_is_refused_or_harmless(demo_journal, tmp_path):
         if o.exit_code == 0:  # it ran: the page held nothing (checked below)
             harmless.add(o.page)
             continue
-        assert o.exit_code == 2, (where, o)
+        assert o.exit_code == EXIT_FAILED, (where, o)
         assert len(o.stderr_lines) == 1, (where, o.stderr_lines)
         refusal = REFUSAL.match(o.stderr_lines[0])
         assert refusal, (where, o.stderr_lines)
@@ -94,7 +95,7 @@ def test_every_damaged_page_is_refused_or_harmless(demo_journal, tmp_path):
         assert ran["verify"].exit_code == 0 and ran["serve"].served, ran
         assert ran["verify"].stdout_tail.strip() == intact.stdout.strip()
     # The issue's own cases: page 4 (a leaf) and 37 (the free-page tree's root).
-    assert {4, 37} <= {o.page for o in outcomes if o.exit_code == 2}
+    assert {4, 37} <= {o.page for o in outcomes if o.exit_code == EXIT_FAILED}
 
 
 def test_a_journal_with_data_but_no_format_is_refused_and_not_written(demo_journal, tmp_path):

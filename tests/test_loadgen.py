@@ -7,15 +7,27 @@ taps); the full-size figures are `make bench`'s.
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import io
+import time
 
-from clearing.client import free_port
+import pytest
+from rich.console import Console
+
+from clearing import democity
+from clearing.client import Stubs, channel, free_port
 from clearing.democity import demo_config
+from clearing.limits import TAP_STRUCT
 from clearing.server.app import Server
+from loadgen.city import city_of
+from loadgen.plan import CardOp, DayPlan, TapBatch
+from loadgen.report import print_results
 from loadgen.run import Options, Runner
 from loadgen.session import Session
+from loadgen.tally import Tally
 
 SCALE = 3.0  # about 85,000 bus taps planned; the runs below send part of them
+SLOW_ANSWER_S = 0.3
 
 
 @pytest.fixture
@@ -129,3 +141,87 @@ async def test_a_tap_the_engine_drops_on_any_card_fails_the_float_check(served, 
     result = await session(served, Options("max", 0.5, streams=1, window=2)).run()
     assert not result["check"]["passed"]
     assert any(p.startswith("float (Σ card balances) moved") for p in result["check"]["problems"])
+
+
+async def test_day_mode_keeps_a_cards_order_when_an_answer_is_slow(served, monkeypatch):
+    """A top-up and, a millisecond later, the purchase it pays for: with the top-up's
+    answer slow, day mode holds the purchase back until it is answered (it would be
+    declined for funds first), and counts the wait as lag, not as the tap's latency."""
+    server, target, _ = served
+    card_op = server.service.card_op
+
+    async def slow_card_op(*args, **kwargs):
+        await asyncio.sleep(SLOW_ANSWER_S)
+        return await card_op(*args, **kwargs)
+
+    monkeypatch.setattr(server.service, "card_op", slow_card_op)
+    city = city_of(server.config)
+    card = city.first_card_id  # opened with 5,000 fen
+    now_ms = int(time.time() * 1000)
+    purchase = TAP_STRUCT.pack(card, 1, 12_000, now_ms, 0)  # m-0001 at 7.7 折: 9,240 fen
+    plan = DayPlan(
+        base_ms=now_ms,
+        single_taps=[TapBatch(1_001, democity.POS_ID_BASE + 1, purchase)],
+        card_ops=[CardOp(1_000, "TopUp", "hall-1", card, amount_fen=10_000)],
+    )
+    tally = Tally(set())
+    async with channel(target) as chan:
+        await Runner(Stubs(chan), city, plan, tally, Options("day", 0.5)).run()
+    assert tally.card_ops == {"TopUp:OK": 1}
+    assert dict(tally.taps_by_status) == {"OK": 1, "DUPLICATE": 0}
+    assert tally.charged_fen["CARD"] == 9_240
+    assert tally.schedule_lag.get_max_value() >= SLOW_ANSWER_S * 1e6 * 0.9  # it waited
+    assert tally.single_latency.get_total_count() == 1
+
+
+async def test_a_plan_shorter_than_the_run_is_reported_with_the_runs_parameters(served):
+    """A twentieth of the city's day at 20,000 taps/s lasts 0.07 s of the 1 s asked for:
+    the offered rate is lower than asked, and the run says so instead of quietly
+    reporting it. The start-up steps are on the console as they happen."""
+    server, target, metrics_url = served
+    out = io.StringIO()
+    result = await Session(
+        target,
+        server.config,
+        Options("rate", 1.0, rate_taps_s=20_000),
+        scale=0.05,
+        seed=3,
+        sample=20,
+        metrics_url=metrics_url,
+        console=Console(file=out, width=200),
+    ).run()
+    assert result["check"]["passed"], result["check"]
+    assert any("ran out after" in w for w in result["warnings"]), result["warnings"]
+    assert result["parameters"] | {"target": "-"} == {
+        "target": "-",
+        "mode": "rate",
+        "duration_s": 1.0,
+        "streams": 8,
+        "window": 8,
+        "rate_taps_s": 20_000,
+        "pos_rate": 0.0,
+        "ops_rate": 0.0,
+        "batch_taps": 500,
+        "scale": 0.05,
+        "seed": 3,
+        "drive_clock": False,
+    }
+    assert result["generator_cpu_s"] > 0
+    printed = out.getvalue()
+    assert "reading the positions of 904 terminals" in printed
+    assert "planning the day (scale 0.05, seed 3)" in printed
+    print_results(Console(file=out, width=200), result)
+    table = out.getvalue()
+    for shown in ("target", "batch size", "scale, seed", "generator CPU", "warning"):
+        assert shown in table
+
+
+def test_the_help_advertises_no_subcommands() -> None:
+    from typer.testing import CliRunner
+
+    from loadgen.cli import app
+
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "--mode" in result.output and "--seed" in result.output
+    assert "COMMAND" not in result.output and "Commands" not in result.output

@@ -58,13 +58,13 @@ def test_another_seed_gives_another_day(city: City, plan: DayPlan) -> None:
 def test_volumes_are_the_reference_day_times_scale(city: City, plan: DayPlan) -> None:
     assert 27_000 < plan.validator_taps < 29_500  # 850,000 a month
     pos = sum(1 for b in plan.single_taps if b.terminal_id < democity.BILLING_ID_BASE)
-    assert pos == 2_000 and len(plan.single_taps) - pos == 100  # 60,000 a month; bills 5 %
+    assert pos == 2_000 and len(plan.single_taps) - pos == 1_000  # 60,000 and 30,000 a month
     big = plan_day(city, scale=4.0, seed=7, base_ms=BASE_MS)
     assert 3.8 < big.validator_taps / plan.validator_taps < 4.2
     assert len(big.single_taps) == 4 * len(plan.single_taps)
     methods = collections.Counter(op.method for op in big.card_ops)
     assert methods["ReportLoss"] == 4 and methods["ReplaceCard"] == 2  # max(2, 2*sqrt(4))
-    assert 9_900 < methods["TopUp"] <= 10_000  # 2,500 a day at scale 1
+    assert 6_300 < methods["TopUp"] <= 6_400  # 1,600 a day at scale 1
 
 
 def test_rush_hours_are_busy_and_nights_quiet(plan: DayPlan) -> None:
@@ -73,6 +73,24 @@ def test_rush_hours_are_busy_and_nights_quiet(plan: DayPlan) -> None:
     night = hours[2] + hours[3]
     assert morning > 20 * night and evening > 20 * night
     assert morning > 2 * (hours[13] + hours[14])
+
+
+def test_the_hours_are_local_wherever_the_model_day_starts(city: City) -> None:
+    """A business day from the 04:00 cutoff: model time 0 is 04:00, the rushes stay at
+    07-09 and 17-19 local, the shops open 09-21 local (not 13:00-01:00)."""
+    start = plan_day(city, scale=1.0, seed=7, base_ms=BASE_MS, local0_ms=4 * HOUR_MS)
+
+    def local_hour(occurred_ms: int) -> int:
+        return ((occurred_ms - BASE_MS) // HOUR_MS + 4) % 24
+
+    hours = collections.Counter(local_hour(t[3]) for t in taps(start.validator_batches))
+    rushes = hours[7] + hours[8] + hours[17] + hours[18]
+    assert rushes > 2.5 * (hours[11] + hours[12] + hours[21] + hours[22])  # 32 : 9.5
+    assert hours[7] + hours[8] > 20 * (hours[2] + hours[3])
+    shops = {local_hour(TAP_STRUCT.unpack(b.packed_taps)[3]) for b in start.single_taps}
+    assert shops == set(range(9, 21))
+    ops = {local_hour(BASE_MS + op.send_ms) for op in start.card_ops}
+    assert ops <= set(range(7, 22))  # halls 09-17, agents 07-22
 
 
 def test_validator_seqs_are_consecutive_from_the_base(city: City, plan: DayPlan) -> None:
@@ -167,10 +185,10 @@ def test_single_taps_are_online_pos_and_bills(city: City, plan: DayPlan) -> None
         assert 9 * HOUR_MS <= batch.send_ms < 21 * HOUR_MS  # shopping hours
         assert city.first_card_id <= card < city.first_card_id + city.card_count
         if classes[batch.terminal_id] == "POS":
-            assert 500 <= amount <= 20_000
+            assert 100 <= amount <= 20_000 and amount % 10 == 0
             per_merchant[batch.terminal_id] += 1
         else:
-            assert classes[batch.terminal_id] == "BILLING" and 2_000 <= amount <= 30_000
+            assert classes[batch.terminal_id] == "BILLING" and 100 <= amount <= 30_000
         seqs[batch.terminal_id].append(seq)
     for tid, got in seqs.items():
         first = SEQ_BASE.get(tid, 0) + 1
@@ -182,11 +200,12 @@ def test_card_ops_use_valid_channels_and_amounts(city: City, plan: DayPlan) -> N
     halls = {party for party, _ in city.halls}
     agents = {party for party, _ in city.agents}
     topups = [op for op in plan.card_ops if op.method == "TopUp"]
-    assert 2_400 < len(topups) <= 2_500
+    assert 1_550 < len(topups) <= 1_600
     for op in topups:
         assert op.channel in halls | agents
-        assert 2_000 <= op.amount_fen <= 10_000 and op.amount_fen % 100 == 0
+        assert op.amount_fen in (2_000, 3_000, 5_000, 10_000)
         assert city.first_card_id <= op.card_id < city.first_card_id + city.card_count
+    assert 7_400_000 < sum(op.amount_fen for op in topups) < 8_600_000  # 2.4 M CNY a month
     at_halls = sum(op.channel in halls for op in topups) / len(topups)
     assert 0.25 < at_halls < 0.35
 

@@ -11,15 +11,19 @@ import json
 import socket
 import struct
 import time
+import urllib.error
 import urllib.request
+
+import pytest
 
 from clearing.client import free_port
 from clearing.limits import METRICS_CONNECTIONS_MAX, METRICS_REQUEST_LINE_BYTES_MAX
+from clearing.server.app import Server
 from clearing.status import scrape
 from loadgen.soak.common import soak_city
 from loadgen.soak.server import ServerProcess
 
-CONNECT_SECONDS_MAX = 10.0  # the metrics port opens just after gRPC health turns SERVING
+CONNECT_SECONDS_MAX = 10.0  # the metrics port opens just before the journal's replay
 
 
 def _connect(target: str) -> socket.socket:
@@ -95,6 +99,7 @@ async def test_hostile_metrics_clients_leave_no_traceback_and_scrapes_go_on(tmp_
         answers = await asyncio.to_thread(_hostile_clients, target)
         status, content_type, body = await asyncio.to_thread(_get, f"http://{target}/metrics")
         samples = await asyncio.to_thread(scrape, f"http://{target}/metrics")
+        ready = await asyncio.to_thread(_status_of, f"http://{target}/readyz")
         idle.close()
     finally:
         code = server.terminate()
@@ -113,6 +118,7 @@ async def test_hostile_metrics_clients_leave_no_traceback_and_scrapes_go_on(tmp_
     assert content_type.startswith("text/plain; version=")
     assert b"clearing_serving 1.0" in body
     assert samples["clearing_serving"] == 1.0 and "clearing_journal_last_seq" in samples
+    assert ready == (200, "ready: acknowledging work\n")
 
 
 def test_idle_connections_are_bounded_and_dropped_then_scrapes_go_on(monkeypatch, capfd):
@@ -179,3 +185,63 @@ def test_a_client_trickling_its_request_is_dropped_at_the_deadline(monkeypatch):
         sock.close()
     finally:
         metrics.stop_http()
+
+
+def _status_of(url: str) -> tuple[int, str]:
+    """(HTTP status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode()
+
+
+async def test_health_and_readiness_follow_the_server_from_replay_to_stop(city):
+    """/healthz answers from before the replay; /readyz and /metrics only once the
+    journal is replayed and the server serves; /readyz turns 503 as it stops.
+    Every other path is 404, not the metrics page."""
+    server = Server(city)
+    target = f"127.0.0.1:{free_port()}"
+    server.serve_http(target)
+    try:
+        before = {p: _status_of(f"http://{target}{p}") for p in ("/healthz", "/readyz", "/metrics")}
+        await server.start("127.0.0.1:0")
+        serving = {
+            p: _status_of(f"http://{target}{p}") for p in ("/healthz", "/readyz", "/metrics")
+        }
+        unknown = {
+            p: _status_of(f"http://{target}{p}") for p in ("/", "/metrics/x", "/favicon.ico")
+        }
+        server.service.serving = False  # what stop() does first, before the port closes
+        stopping = _status_of(f"http://{target}/readyz")
+    finally:
+        await server.stop(0.5)
+    assert before["/healthz"][0] == 200
+    assert before["/readyz"] == (503, "not ready: starting: the journal is being replayed\n")
+    assert before["/metrics"][0] == 503
+    assert serving["/healthz"][0] == 200 and serving["/readyz"][0] == 200
+    assert serving["/metrics"][0] == 200 and "clearing_serving 1.0" in serving["/metrics"][1]
+    assert all(status == 404 for status, _ in unknown.values()), unknown
+    assert "clearing_" not in "".join(body for _, body in unknown.values())
+    assert stopping == (503, "not ready: not serving (stopping)\n")
+    with pytest.raises(OSError):  # closed with the server
+        _status_of(f"http://{target}/healthz")
+
+
+async def test_readiness_reports_a_storage_failure(city):
+    """A journal that failed (disk full, map full) makes /readyz 503 with the reason
+    while the process, and /healthz, stay up."""
+    server = Server(city)
+    target = f"127.0.0.1:{free_port()}"
+    server.serve_http(target)
+    try:
+        await server.start("127.0.0.1:0")
+        server.service.journal.failure = "MDB_MAP_FULL: the map is full"  # as a failed commit
+        ready = _status_of(f"http://{target}/readyz")
+        healthy = _status_of(f"http://{target}/healthz")
+    finally:
+        server.service.journal.failure = None
+        await server.stop(0.5)
+    assert ready[0] == 503 and "storage failure: MDB_MAP_FULL" in ready[1]
+    assert healthy[0] == 200

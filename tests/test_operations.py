@@ -13,6 +13,7 @@ import sys
 
 import grpc
 
+from clearing.cli import EXIT_FAILED, EXIT_NOT_SERVING
 from clearing.client import bearer, channel
 from clearing.logs import mask_cards
 from clearing.status import scrape
@@ -109,7 +110,7 @@ async def test_a_backup_taken_under_load_restores_to_a_server_serving_its_balanc
     (lying / "backup.json").write_text(json.dumps({**manifest, "last_seq": 1}))
     elsewhere = tmp_path / "elsewhere"
     refused = _cli("journal", "restore", str(lying), "--data-dir", str(elsewhere))
-    assert refused.returncode == 2 and "damaged" in refused.stderr
+    assert refused.returncode == EXIT_FAILED and "damaged" in refused.stderr
     assert not os.path.exists(elsewhere / "journal" / "data.mdb")
 
     restored_root = tmp_path / "restored"
@@ -164,7 +165,7 @@ async def test_status_and_json_logs_with_request_ids_and_no_whole_card_number(tm
     text = "\n".join(json.dumps(e) for e in lines)
     assert not any(str(card) in text for card in [*CARDS, 9_000_777])
     down = _cli("status", "--target", server.target, "--metrics", "http://127.0.0.1:1/metrics")
-    assert down.returncode == 1 and "UNREACHABLE" in down.stdout
+    assert down.returncode == EXIT_NOT_SERVING and "UNREACHABLE" in down.stdout
 
 
 def test_card_numbers_are_masked_in_fields_and_in_text():

@@ -26,6 +26,8 @@ ALERTS = OPS / "alerts.yml"
 PROMETHEUS = OPS / "prometheus.yml"
 UNIT = OPS / "clearing.service"
 RUNBOOK = OPS / "RUNBOOK.md"
+# alerts.yml's runbook_url base: the runbook of an install (ops/clearing.service's /opt/clearing).
+RUNBOOK_URL = "file:///opt/clearing/ops/RUNBOOK.md"
 
 # Series Prometheus itself makes, not the server.
 PROMETHEUS_OWN = {"up"}
@@ -205,7 +207,18 @@ def test_alerts_have_a_severity_an_explanation_and_a_runbook_section():
     for name in names:
         assert name.lower() in headings, f"RUNBOOK.md has no section '### {name}'"
     for url in _yaml_blocks(ALERTS, "runbook_url"):
-        assert url.startswith("ops/RUNBOOK.md#") and url.split("#")[1] in headings, url
+        base, _, anchor = url.partition("#")
+        assert base == RUNBOOK_URL and anchor in headings, url  # absolute: no relative path
+
+
+def test_the_runbook_url_base_is_where_the_unit_installs_the_runbook():
+    """Alertmanager links must be absolute; the base is the installed runbook, the one
+    the unit's Documentation= names (one install prefix, /opt/clearing, for both)."""
+    unit = _unit_settings()
+    assert unit["Documentation"] == [RUNBOOK_URL.replace("file:///", "file:/")]
+    assert unit["ExecStart"][0].startswith(RUNBOOK_URL.removeprefix("file://").split("/ops/")[0])
+    tests = _yaml_blocks(OPS / "alerts_test.yml", "runbook_url")
+    assert tests and all(url.startswith(RUNBOOK_URL + "#") for url in tests), tests
     assert "deny_list" not in " ".join(_alert_exprs()), "a still deny list is not an alert"
 
 

@@ -51,32 +51,35 @@ FINANCE = bearer(TOKENS["finance"])
 
 SUMMARY = """\
 party_id,role,count,list_fen,discount_fen,gross_fen,fee_fen,net_fen,direction,bank_account
-agent-01,AGENT,2,0,0,5125,20,-5105,COLLECT,
-hall-1,HALL,2,0,0,13000,0,0,NONE,
-issuer,ISSUER,0,0,0,0,0,2783,PAY,
-m-0001,MERCHANT,1,341,41,300,4,296,PAY,
-op-bus-1,OPERATOR,5,1050,200,850,8,842,PAY,
-u-water,UTILITY,1,1234,0,1234,50,1184,PAY,
-TOTAL,,11,2625,241,20509,82,0,,
+"agent-01","AGENT",2,0,0,5125,20,-5105,"COLLECT",""
+"hall-1","HALL",2,0,0,13000,0,0,"NONE",""
+"issuer","ISSUER",0,0,0,0,0,2783,"RECEIVE",""
+"m-0001","MERCHANT",1,341,41,300,4,296,"PAY",""
+"op-bus-1","OPERATOR",5,1050,200,850,8,842,"PAY",""
+"u-water","UTILITY",1,1234,0,1234,50,1184,"PAY",""
+"TOTAL","TAPS",7,2625,241,2384,62,2322,"",""
+"TOTAL","TOP_UPS",4,0,0,18125,20,-5105,"",""
+"TOTAL","ALL","","","","","",0,"",""
 """
 
 PAYMENTS = """\
-instruction_id,business_date,party_id,role,direction,amount_fen,bank_account
-20300317-agent-01,2030-03-17,agent-01,AGENT,COLLECT,5105,
-20300317-m-0001,2030-03-17,m-0001,MERCHANT,PAY,296,
-20300317-op-bus-1,2030-03-17,op-bus-1,OPERATOR,PAY,842,
-20300317-u-water,2030-03-17,u-water,UTILITY,PAY,1184,
+instruction_id,business_date,party_id,role,direction,amount_fen,amount_yuan,bank_account
+"20300317-agent-01","2030-03-17","agent-01","AGENT","COLLECT",5105,51.05,""
+"20300317-m-0001","2030-03-17","m-0001","MERCHANT","PAY",296,2.96,""
+"20300317-op-bus-1","2030-03-17","op-bus-1","OPERATOR","PAY",842,8.42,""
+"20300317-u-water","2030-03-17","u-water","UTILITY","PAY",1184,11.84,""
 """
 
+# What needs action first (REVIEW), then the routine rows; each block by kind and reason.
 EXCEPTIONS = """\
-kind,reason,party_id,terminal_id,count,amount_fen,detail
-DUPLICATE_TAP,RESUBMITTED,op-bus-1,101,1,0,answered with the original result
-HOT_LIST_LOSS,CARD_NOT_ACTIVE,op-bus-1,101,1,200,ride paid to the operator; charged to the issuer
-LATE_TAP,OCCURRED_BEFORE_BUSINESS_DAY,op-bus-1,101,1,150,1 from 1 day before
-REJECTED_TAP,ID_CONFLICT,op-bus-1,101,1,0,not applied; list amount attempted
-REJECTED_TAP,INSUFFICIENT_FUNDS,m-0001,201,1,5000,not applied; list amount attempted
-SEQUENCE_GAP,MISSING_TERMINAL_SEQ,op-bus-1,101,1,0,highest terminal_seq 6; +1 missing on the day
-"""
+action,kind,reason,party_id,terminal_id,count,amount_fen,amount_yuan,detail
+"REVIEW","HOT_LIST_LOSS","CARD_NOT_ACTIVE","op-bus-1","101",1,200,2.00,"ride paid to the operator; charged to the issuer"
+"REVIEW","REJECTED_TAP","ID_CONFLICT","op-bus-1","101",1,0,0.00,"not applied; list amount attempted"
+"REVIEW","SEQUENCE_GAP","MISSING_TERMINAL_SEQ","op-bus-1","101",1,0,0.00,"highest terminal_seq 6; +1 missing on the day"
+"NONE","DUPLICATE_TAP","RESUBMITTED","op-bus-1","101",1,0,0.00,"answered with the original result"
+"NONE","LATE_TAP","OCCURRED_BEFORE_BUSINESS_DAY","op-bus-1","101",1,150,1.50,"1 from 1 day before"
+"NONE","REJECTED_TAP","INSUFFICIENT_FUNDS","m-0001","201",1,5000,50.00,"not applied; list amount attempted"
+"""  # noqa: E501
 
 
 async def play_the_day(h) -> None:
@@ -129,6 +132,11 @@ def read(directory: str, name: str) -> str:
         return f.read()
 
 
+def read_bytes(directory: str, name: str) -> bytes:
+    with open(os.path.join(directory, name), "rb") as f:
+        return f.read()
+
+
 async def test_every_figure_of_the_day_to_the_fen(harness):
     h = harness
     await play_the_day(h)
@@ -152,19 +160,21 @@ async def test_a_second_run_is_the_same_answer_and_the_same_bytes(harness):
     await play_the_day(h)
     await set_clock(h, DAY_END_MS + 1_000)
     first = await run(h)
-    files = {name: read(first.output_dir, name) for name in sorted(os.listdir(first.output_dir))}
+    names = sorted(os.listdir(first.output_dir))
+    files = {name: read_bytes(first.output_dir, name) for name in names}
     assert sorted(files) == [
         "exceptions.csv",
         "manifest.json",
         "payments.csv",
         "report.html",
+        "settlement.xlsx",
         "summary.csv",
     ]
     seq = h.last_seq
     await set_clock(h, DAY_END_MS + 3 * 86_400_000)  # days later, after more days closed
     second = await run(h)
     assert second == first
-    assert {name: read(first.output_dir, name) for name in files} == files
+    assert {name: read_bytes(first.output_dir, name) for name in files} == files
     got = await h.stubs.settlement.GetSettlement(
         settlement_pb2.SettlementRequest(business_date=DAY), metadata=FINANCE
     )

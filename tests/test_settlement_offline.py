@@ -9,7 +9,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from clearing.cli import app
+from clearing.cli import EXIT_FAILED, app
 from clearing.config import Config
 from clearing.errors import JournalCorrupt, JournalError, RequestRejected
 from clearing.settlement.offline import settle_offline
@@ -89,12 +89,12 @@ def cli():
 
 def test_the_command_says_when_the_data_directory_is_missing(cli, tmp_path):
     result = cli.invoke(app, ["settle", "--date", DAY, "--data-dir", str(tmp_path / "nowhere")])
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_FAILED  # a runtime failure, not a usage error
     assert "no journal in data directory" in result.output
     assert not (tmp_path / "nowhere").exists()
 
 
 def test_the_command_refuses_a_malformed_date(cli, tmp_path):
     result = cli.invoke(app, ["settle", "--date", "17/03/2030", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_FAILED  # a runtime failure, not a usage error
     assert "not a date" in result.output

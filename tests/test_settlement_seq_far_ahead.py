@@ -37,10 +37,10 @@ def test_the_summariser_counts_the_refusal_and_never_sums_its_amount(module):
 
 
 EXCEPTIONS = """\
-kind,reason,party_id,terminal_id,count,amount_fen,detail
-REJECTED_TAP,SEQUENCE_TOO_FAR_AHEAD,op-bus-1,101,2,0,not applied; list amount attempted
-SEQUENCE_GAP,MISSING_TERMINAL_SEQ,op-bus-1,101,1,0,highest terminal_seq 3; +1 missing on the day
-"""
+action,kind,reason,party_id,terminal_id,count,amount_fen,amount_yuan,detail
+"REVIEW","REJECTED_TAP","SEQUENCE_TOO_FAR_AHEAD","op-bus-1","101",2,0,0.00,"not applied; list amount attempted"
+"REVIEW","SEQUENCE_GAP","MISSING_TERMINAL_SEQ","op-bus-1","101",1,0,0.00,"highest terminal_seq 3; +1 missing on the day"
+"""  # noqa: E501
 
 
 async def test_a_sequence_far_ahead_is_a_rejected_tap_and_no_gap(harness):

@@ -87,7 +87,7 @@ def test_status_prints_a_large_integer_gauge_exactly(metrics_url, monkeypatch):
     assert "e+" not in text, text
     assert "entry 1,234,567," in text
     assert "version 9007199254740993" in text
-    assert "46,116,860,184,273,879.05 yuan" in text  # money is fen: never through a float
+    assert "46,116,860,184,273,879.05 CNY" in text  # money is fen: never through a float
 
 
 def test_a_float_beyond_exact_integers_is_marked_approximate():

@@ -18,6 +18,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from clearing.cli import EXIT_NOT_SERVING
 from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.config import dump_config, load_config, parse_config
 from clearing.errors import ConfigError, RequestRejected
@@ -287,14 +288,14 @@ def _status(target: str, *tls_args: str) -> subprocess.CompletedProcess:
 
 async def test_clearing_status_speaks_tls(tls_target, pki):
     plain = await asyncio.to_thread(_status, tls_target)
-    assert plain.returncode == 1 and "UNREACHABLE" in plain.stdout
+    assert plain.returncode == EXIT_NOT_SERVING and "UNREACHABLE" in plain.stdout
     shown = await asyncio.to_thread(_status, tls_target, "--ca", pki.ca_file)
     assert shown.returncode == 0 and "SERVING" in shown.stdout, shown.stdout + shown.stderr
 
 
 async def test_clearing_status_speaks_mutual_tls(mtls_target, pki, tmp_path):
     without = await asyncio.to_thread(_status, mtls_target, "--ca", pki.ca_file)
-    assert without.returncode == 1 and "UNREACHABLE" in without.stdout
+    assert without.returncode == EXIT_NOT_SERVING and "UNREACHABLE" in without.stdout
     desk = pki.ca.issue_cert("desk-1")
     cert, key = tmp_path / "desk.pem", tmp_path / "desk.key"
     cert.write_bytes(b"".join(blob.bytes() for blob in desk.cert_chain_pems))

@@ -13,29 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import grpc
-import sdnotify
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from clearing import sd_notify
 from clearing.config import Config
-from clearing.errors import RequestRejected
 from clearing.limits import GRPC_MESSAGE_BYTES_MAX, HEALTH_NOTICE_SECONDS
 from clearing.metrics import Metrics
 from clearing.server.admin import AdminServicer
 from clearing.server.cards import CardServicer
 from clearing.server.denylist import DenyListServicer
+from clearing.server.draining import STOPPING_MESSAGE, Draining
 from clearing.server.malformed import MalformedRequests
 from clearing.server.observe import ObservedCalls
+from clearing.server.reflection import enable_reflection
 from clearing.server.settlement import SettlementServicer
-from clearing.server.status import to_status
 from clearing.server.taps import TapServicer
 from clearing.service import Service
 from clearing.settlement.runner import Settlements
@@ -55,6 +52,8 @@ from clearing.v1 import (
 
 log = structlog.get_logger("clearing.server")
 
+__all__ = ["STOPPING_MESSAGE", "Draining", "Server", "run_server"]
+
 SERVICE_NAMES = (
     taps_pb2.DESCRIPTOR.services_by_name["TapService"].full_name,
     cards_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
@@ -62,150 +61,6 @@ SERVICE_NAMES = (
     denylist_pb2.DESCRIPTOR.services_by_name["DenyListService"].full_name,
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
 )
-
-
-STOPPING_MESSAGE = (
-    "the server is shutting down: this stream ends here, every request it read was answered "
-    "and none after; call again once the server is back"
-)
-
-
-class _Stream:
-    """One stream's read: the task awaiting its next item, None between items."""
-
-    __slots__ = ("cut", "task")
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task | None = None
-        self.cut = False
-
-
-class Draining(grpc.aio.ServerInterceptor):
-    """Ends every streaming call promptly once the server is stopping.
-
-    Left alone, a stream (a validator's StreamTaps, a WatchDenyList, a health
-    watch) would hold the whole grace period and be cancelled at its end with
-    answers lost. Instead a stream stops reading requests at once (StreamTaps
-    then answers the batches it read, nothing is left half done) and ends with
-    UNAVAILABLE. A stream waiting for its next item is interrupted (cancelled,
-    and the cancellation turned into that refusal); one busy with an item ends
-    when it asks for the next. Nothing is added to a stream's items but a flag
-    test: StreamTaps carries every tap.
-
-    Handlers that send with ``context.write()`` (health's Watch) are turned
-    into async generators on the way, which the interceptors outside this one
-    (``MalformedRequests``, ``ObservedCalls``) can wrap.
-    """
-
-    def __init__(self) -> None:
-        self.stopping = False
-        self.open_streams = 0
-        self._streams: set[_Stream] = set()
-
-    def stop(self) -> None:
-        """End every stream: those waiting for an item now, the others at their next."""
-        self.stopping = True
-        for stream in self._streams:
-            if stream.task is not None:
-                stream.cut = True
-                stream.task.cancel()
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        wire = (handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            run = self._streaming(handler.unary_stream, requests_stream=False)
-            return grpc.unary_stream_rpc_method_handler(run, *wire)
-        if handler.stream_stream:
-            run = self._streaming(handler.stream_stream, requests_stream=True)
-            return grpc.stream_stream_rpc_method_handler(run, *wire)
-        return handler  # unary calls finish within the grace period; no client streaming here
-
-    def _streaming(self, behavior, *, requests_stream: bool):
-        async def run(request_or_requests, context):
-            self.open_streams += 1
-            try:
-                if requests_stream:  # the requests stop: StreamTaps answers what it read
-                    replies = behavior(self._until_stopping(request_or_requests), context)
-                else:  # the replies stop
-                    replies = self._until_stopping(_replies(behavior, request_or_requests, context))
-                async for reply in replies:
-                    yield reply
-            except RequestRejected as exc:  # StreamTaps maps it itself; other handlers not
-                await context.abort(*to_status(exc))
-            finally:
-                self.open_streams -= 1
-
-        return run
-
-    async def _until_stopping(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """``items`` until they end, or RequestRejected(UNAVAILABLE) once stopping."""
-        items = aiter(items)
-        stream = _Stream()
-        self._streams.add(stream)
-        try:
-            while not self.stopping:
-                stream.task = asyncio.current_task()
-                try:
-                    item = await anext(items)
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError:
-                    # Ours (stop()) becomes the refusal; anyone else's stands.
-                    if not stream.cut or stream.task.uncancel() > 0:
-                        raise
-                    break
-                finally:
-                    stream.task = None
-                yield item
-            raise RequestRejected("UNAVAILABLE", STOPPING_MESSAGE)
-        finally:
-            self._streams.discard(stream)
-
-
-def _replies(behavior, request, context) -> AsyncIterator[Any]:
-    """A unary-stream handler's replies as an async iterator, whichever style it has."""
-    if inspect.isasyncgenfunction(behavior):
-        return behavior(request, context)
-    return _written(behavior, request, context)
-
-
-class _Writes:
-    """A servicer context whose ``write()`` hands replies to a queue."""
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self._context = context
-        self.queue: asyncio.Queue = asyncio.Queue(1)  # write() waits for the send, as grpc's
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-    async def write(self, message: Any) -> None:
-        await self.queue.put(message)
-
-
-async def _written(behavior, request, context) -> AsyncIterator[Any]:
-    """Run a handler that sends with ``context.write()``; yield what it writes."""
-    writes = _Writes(context)
-    handler = asyncio.ensure_future(behavior(request, writes))
-    taking: asyncio.Future | None = None
-    try:
-        while True:
-            taking = asyncio.ensure_future(writes.queue.get())
-            await asyncio.wait((taking, handler), return_when=asyncio.FIRST_COMPLETED)
-            if taking.done():
-                yield taking.result()
-                continue
-            while not writes.queue.empty():
-                yield writes.queue.get_nowait()
-            handler.result()  # its error (an abort) is the call's
-            return
-    finally:
-        for task in (taking, handler):
-            if task is not None and not task.done():
-                task.cancel()
 
 
 class Server:
@@ -223,6 +78,28 @@ class Server:
         self._health_task: asyncio.Future | None = None
         self._hurry = asyncio.Event()  # a second signal: stop waiting for calls in flight
         self._stopped: asyncio.Future | None = None
+        self.replayed = False  # the journal is replayed: /metrics may be read
+
+    def not_ready(self) -> str | None:
+        """Why no work is acknowledged now (/readyz), or None when it is."""
+        if not self.replayed:
+            return "starting: the journal is being replayed"
+        service = self.service
+        if service.fault is not None:
+            return service.fault
+        if service.journal.failure is not None:
+            return f"storage failure: {service.journal.failure}"
+        if not service.serving:
+            return "not serving (stopping)"
+        return None
+
+    def serve_http(self, listen: str | None = None) -> None:
+        """The metrics port: /healthz from now on, /metrics once replayed, /readyz."""
+        self.metrics.serve_http(
+            listen or self.config.server.metrics_listen,
+            not_ready=self.not_ready,
+            scrapable=lambda: self.replayed,
+        )
 
     async def start(self, listen: str | None = None) -> int:
         """Replay, then listen; health turns SERVING only when all is ready."""
@@ -248,6 +125,7 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.load()
         self._wire_metrics()
+        self.replayed = True
         taps_pb2_grpc.add_TapServiceServicer_to_server(
             TapServicer(self.service, self.metrics), self.grpc
         )
@@ -262,9 +140,7 @@ class Server:
             SettlementServicer(self.service, self.settlements), self.grpc
         )
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
-            )
+            enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), self.grpc)
         address = listen or settings.listen
         if tls is None:
             self.port = self.grpc.add_insecure_port(address)
@@ -346,7 +222,7 @@ class Systemd:
     """``Type=notify`` readiness and stopping (sd_notify); nothing without NOTIFY_SOCKET."""
 
     def __init__(self) -> None:
-        self._notifier = sdnotify.SystemdNotifier()
+        self._notifier = sd_notify.Notifier()
         if os.environ.get("NOTIFY_SOCKET") and self._notifier.socket is None:
             log.warning("NOTIFY_SOCKET is set but cannot be reached: systemd is not told")
 
@@ -374,9 +250,10 @@ async def run_server(config: Config, *, on_ready: Callable[[int], None] | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
+        # Before the replay, so that /healthz answers while it runs (which can take minutes).
+        server.serve_http()
         port = await server.start()
         if not stop.is_set():
-            server.metrics.serve_http(config.server.metrics_listen)
             systemd.notify("READY=1", f"STATUS=serving on {port}")
             if on_ready is not None:
                 on_ready(port)
@@ -384,5 +261,6 @@ async def run_server(config: Config, *, on_ready: Callable[[int], None] | None =
         systemd.notify("STOPPING=1", "STATUS=stopping: finishing calls in flight")
         await server.stop()
     finally:
+        server.metrics.stop_http()  # when start failed; stop() has closed it otherwise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

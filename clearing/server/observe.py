@@ -1,6 +1,12 @@
 """Every call observed: gRPC server metrics by method and code, and a request id
 bound to the call's log lines (the caller's ``x-request-id``, or a new one).
 
+A unary call's time goes to ``clearing_grpc_server_handling_seconds``; a stream's
+whole life to ``clearing_grpc_server_stream_lifetime_seconds`` (hours for a
+validator's StreamTaps: mixed with unary calls' milliseconds it would make the
+handling percentiles meaningless). StreamTaps observes each batch's handling time
+itself (``clearing.server.taps``).
+
 Refusals are logged at info, failures of ours at warning; successful calls
 only at debug (thousands a second would drown the log).
 """
@@ -47,8 +53,11 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
 class _Call:
     """One call's bookkeeping: started, then finished exactly once."""
 
-    def __init__(self, metrics: Metrics, service: str, method: str, context) -> None:
+    def __init__(
+        self, metrics: Metrics, service: str, method: str, context, *, streaming: bool
+    ) -> None:
         self.metrics, self.service, self.method = metrics, service, method
+        self.seconds = metrics.grpc_stream_seconds if streaming else metrics.grpc_seconds
         self.context = context
         self.started = time.perf_counter()
         structlog.contextvars.bind_contextvars(
@@ -65,7 +74,7 @@ class _Call:
                 code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
         seconds = time.perf_counter() - self.started
         self.metrics.grpc_handled.labels(self.service, self.method, code.name).inc()
-        self.metrics.grpc_seconds.labels(self.service, self.method).observe(seconds)
+        self.seconds.labels(self.service, self.method).observe(seconds)
         if code not in _CALLER_CODES:
             log.warning("call failed", code=code.name, details=self.context.details())
         elif code != grpc.StatusCode.OK:
@@ -115,15 +124,18 @@ class ObservedCalls(grpc.aio.ServerInterceptor):
         service = service.rsplit(".", 1)[-1]
 
         def start(context) -> _Call:
-            return _Call(self.metrics, service, method, context)
+            return _Call(self.metrics, service, method, context, streaming=False)
+
+        def start_stream(context) -> _Call:
+            return _Call(self.metrics, service, method, context, streaming=True)
 
         wire = (handler.request_deserializer, handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, start), *wire)
         if handler.unary_stream:
-            behavior = _streaming(handler.unary_stream, start)
+            behavior = _streaming(handler.unary_stream, start_stream)
             return grpc.unary_stream_rpc_method_handler(behavior, *wire)
         if handler.stream_stream:
-            behavior = _streaming(handler.stream_stream, start)
+            behavior = _streaming(handler.stream_stream, start_stream)
             return grpc.stream_stream_rpc_method_handler(behavior, *wire)
         return handler  # client streaming: no method of ours

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from clearing.server.auth import rpc
 from clearing.service import Service
+from clearing.settlement.figures import ISSUER_ID, issuer_direction
 from clearing.settlement.runner import Settled, Settlements
 from clearing.v1 import admin_pb2, settlement_pb2, settlement_pb2_grpc
 
@@ -41,7 +42,10 @@ def settlement_message(settled: Settled) -> settlement_pb2.Settlement:
             gross_fen=row.gross_fen,
             fee_fen=row.fee_fen,
             net_fen=row.net_fen,
-            direction=Direction.Value(row.direction),
+            # The issuer neither pays nor collects from itself: as summary.csv says it.
+            direction=Direction.Value(
+                issuer_direction(row.net_fen) if row.party_id == ISSUER_ID else row.direction
+            ),
             bank_account=row.bank_account,
         )
     return reply

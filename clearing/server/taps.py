@@ -88,6 +88,7 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
     def __init__(self, service: Service, metrics: Metrics) -> None:
         self.service = service
         self.metrics = metrics
+        self._stream_seconds = metrics.grpc_seconds.labels("TapService", "StreamTaps")
 
     def _accept(self, batch: taps_pb2.TapBatch, principal: Principal) -> bytes:
         """Check one batch before anything is applied; return its canonical taps."""
@@ -149,7 +150,10 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
                     envelope = await durable
                 except ClearingError as exc:
                     await context.abort(*to_status(exc))
-                yield self._reply(batch, envelope, started)
+                reply = self._reply(batch, envelope, started)
+                # Per batch, as a unary call's: the stream's life is observed elsewhere.
+                self._stream_seconds.observe(time.perf_counter() - started)
+                yield reply
         finally:
             reader.cancel()
 

@@ -21,8 +21,14 @@ from clearing.errors import SettlementError
 from clearing.journal import Journal
 from clearing.settlement import files
 from clearing.settlement.daybook import DayBook, PartyView
-from clearing.settlement.exceptions import exception_rows
-from clearing.settlement.figures import Figures, SummaryRow, compute
+from clearing.settlement.exceptions import REVIEW, action, exception_rows
+from clearing.settlement.figures import (
+    ISSUER_NET_FORMULA,
+    Figures,
+    SummaryRow,
+    compute,
+    issuer_net_terms,
+)
 from clearing.settlement.report import render_report
 from clearing.tapsum import summarise as default_summarise
 
@@ -131,6 +137,7 @@ def _render(
         "summary.csv": files.summary_csv(rows),
         "payments.csv": files.payments_csv(instructions),
         "exceptions.csv": files.exceptions_csv(exceptions),
+        "settlement.xlsx": files.workbook_xlsx(rows, instructions, exceptions),
     }
     manifest: dict[str, Any] = {
         "format": files.FORMAT,
@@ -157,6 +164,9 @@ def _render(
             "parties": len(book.view.parties),
             "payments": len(instructions),
             "exceptions": len(exceptions),
+            "exceptions_to_review": sum(
+                1 for x in exceptions if action(x.kind, x.reason) == REVIEW
+            ),
         },
         "totals": {
             "list_fen": totals[v.OK_LIST],
@@ -165,14 +175,20 @@ def _render(
             "fee_fen": sum(
                 r.fee_fen for r in rows if r.role in ("OPERATOR", "MERCHANT", "UTILITY")
             ),
-            "paid_fen": sum(amount for *_, d, amount, _ in instructions if d == "PAY"),
-            "collected_fen": sum(amount for *_, d, amount, _ in instructions if d == "COLLECT"),
+            "paid_fen": sum(i[5] for i in instructions if i[4] == "PAY"),
+            "collected_fen": sum(i[5] for i in instructions if i[4] == "COLLECT"),
             "topups_fen": sum(flow.fen for flow in book.topups.values()),
             "card_charged_fen": totals[v.CARD_CHARGED],
             "late_charged_fen": totals[v.LATE_CHARGED],
             "transfers_fen": book.transfers.fen,
         },
         "issuer": figures.issuer,
+        "issuer_net_formula": {
+            "formula": ISSUER_NET_FORMULA,
+            "terms": [
+                {"field": key, "fen": fen} for _, key, fen in issuer_net_terms(figures.issuer)
+            ],
+        },
         "invariants": figures.invariants,
         "taps_by_hour": files.taps_by_hour(book.taps),
     }

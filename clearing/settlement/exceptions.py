@@ -15,6 +15,22 @@ from clearing.entries import DayCloseEntry
 from clearing.limits import LATE_DAY_BINS
 from clearing.settlement.daybook import DayBook
 
+REVIEW, ROUTINE = "REVIEW", "NONE"
+# Rows someone must act on: money the issuer bears, records that never arrived or
+# that a terminal got wrong. Declines for funds or a blocked card, resubmissions,
+# late but paid taps and refused counter operations are the day's routine.
+_NEEDS_ACTION_KINDS = frozenset({"HOT_LIST_LOSS", "SEQUENCE_GAP"})
+_ROUTINE_REJECTIONS = frozenset({"INSUFFICIENT_FUNDS", "CARD_BLOCKED"})
+
+
+def action(kind: str, reason: str) -> str:
+    """REVIEW for a row that needs someone to act, NONE for routine ones."""
+    if kind in _NEEDS_ACTION_KINDS:
+        return REVIEW
+    if kind == "REJECTED_TAP" and reason not in _ROUTINE_REJECTIONS:
+        return REVIEW  # ID_CONFLICT, TOO_LATE, IN_FUTURE, UNKNOWN_CARD, ...: a terminal fault
+    return ROUTINE
+
 
 class ExceptionRow(NamedTuple):
     kind: str
@@ -45,7 +61,15 @@ def exception_rows(
                 "refused at the counter; nothing moved",
             )
         )
-    rows.sort(key=lambda r: (r.kind, r.reason, r.party_id, str(r.terminal_id).zfill(10)))
+    rows.sort(
+        key=lambda r: (
+            action(r.kind, r.reason) != REVIEW,  # what needs action first
+            r.kind,
+            r.reason,
+            r.party_id,
+            str(r.terminal_id).zfill(10),
+        )
+    )
     return rows
 
 

@@ -50,7 +50,55 @@ def half_even(amount_fen: int, bp: int) -> int:
 
 
 def direction(net_fen: int) -> str:
+    """What the issuer does with a party's net: pays it to the party or collects it."""
     return "PAY" if net_fen > 0 else "COLLECT" if net_fen < 0 else "NONE"
+
+
+def issuer_direction(net_fen: int) -> str:
+    """The issuer's own row: it cannot pay or collect from itself. A positive net is
+    what it keeps of the day (RECEIVE), a negative one what it must put in (FUND)."""
+    return "RECEIVE" if net_fen > 0 else "FUND" if net_fen < 0 else "NONE"
+
+
+# SPEC §8's formula for the issuer's net, one signed term per line:
+# net = float change − hall top-ups + balance refunds − hot-list loss + fees − commission.
+ISSUER_NET_TERMS = (
+    (+1, "float_change_fen", "Change in card float (closing − opening)"),
+    (-1, "hall_topups_fen", "Hall top-ups (cash the issuer already holds)"),
+    (+1, "balance_refunds_fen", "Balances refunded at card closing"),
+    (-1, "hot_list_loss_fen", "Hot-list loss: rides paid, charged to no card"),
+    (+1, "fee_income_fen", "Fees kept from operators, merchants, utilities"),
+    (-1, "commission_expense_fen", "Commission paid to agents"),
+)
+ISSUER_NET_FORMULA = (
+    "issuer net = change in float − hall top-ups + balance refunds − hot-list loss"
+    " + fee income − commission expense"
+)
+
+
+# The same net as the money the settlement moves: what it collects from agents less
+# what it pays operators, merchants and utilities (Σ COLLECT − Σ PAY in payments.csv).
+PAYMENTS_NET_FORMULA = (
+    "issuer net = agent top-ups − agent commission − gross to operators, merchants and"
+    " utilities + their fees = collected − paid"
+)
+
+
+def payments_net_terms(issuer: dict[str, int], tap_gross_fen: int) -> list[tuple[str, int]]:
+    """(label, signed fen) of PAYMENTS_NET_FORMULA; they sum to the net by its definition
+    (−Σ of the other parties' nets)."""
+    return [
+        ("Agent top-ups (collected from agents)", issuer.get("agent_topups_fen", 0)),
+        ("Commission agents keep", -issuer.get("commission_expense_fen", 0)),
+        ("Gross owed to operators, merchants, utilities", -tap_gross_fen),
+        ("Fees kept from them", issuer.get("fee_income_fen", 0)),
+    ]
+
+
+def issuer_net_terms(issuer: dict[str, int]) -> list[tuple[str, str, int]]:
+    """(label, field, signed fen) per term of the formula; they sum to the net exactly
+    when the invariant ``issuer_net_matches_its_breakdown`` holds."""
+    return [(label, key, sign * issuer.get(key, 0)) for sign, key, label in ISSUER_NET_TERMS]
 
 
 def compute(
@@ -68,6 +116,7 @@ def compute(
         raise SettlementError(f"money moved through unknown parties: {sorted(unknown)}")
     rows = [_party_row(p, by_party.get(p.party_id), book) for p in book.view.parties.values()]
     issuer = _issuer(rows, book, totals, opening, closing)
+    # The row keeps the gRPC enum's PAY/COLLECT/NONE; summary.csv writes issuer_direction.
     rows.append(_row(ISSUER_ID, "ISSUER", 0, 0, 0, 0, 0, issuer["net_fen"], ""))
     rows.sort(key=lambda row: row.party_id)
     for row in rows:
@@ -159,12 +208,7 @@ def _invariants(
     return {
         "sum_of_nets_is_zero": sum(row.net_fen for row in rows) == 0,
         "issuer_net_matches_its_breakdown": i["net_fen"]
-        == i["float_change_fen"]
-        - i["hall_topups_fen"]
-        + i["balance_refunds_fen"]
-        - i["hot_list_loss_fen"]
-        + i["fee_income_fen"]
-        - i["commission_expense_fen"],
+        == sum(fen for *_, fen in issuer_net_terms(i)),
         "float_change_matches_movements": i["float_change_fen"]
         == all_topups - totals[v.CARD_CHARGED] - i["balance_refunds_fen"],
         "gross_equals_charged_of_ok_taps": tap_gross == totals[v.OK_CHARGED],

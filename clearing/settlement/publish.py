@@ -18,8 +18,8 @@ from typing import Any
 
 from clearing.errors import SettlementError
 from clearing.settlement.compute import Computed
-from clearing.settlement.figures import SummaryRow
-from clearing.settlement.files import FILE_NAMES, sha256
+from clearing.settlement.figures import ISSUER_ID, SummaryRow, direction
+from clearing.settlement.files import sha256
 
 
 def settlement_root(data_dir: str) -> str:
@@ -94,26 +94,44 @@ def load_published(
     root: str, day: str, recorded_sha256: str
 ) -> tuple[dict[str, Any], list[SummaryRow]] | None:
     """(manifest, summary rows) of a settled date, or None when any file is
-    missing or differs from what the journal recorded."""
+    missing or differs from what the journal recorded.
+
+    The files checked are those the recorded manifest lists, so a day settled by
+    an earlier format (without a file this version adds) is still served as it was.
+    """
     directory = os.path.join(root, day)
-    contents: dict[str, bytes] = {}
-    for name in FILE_NAMES:
-        with contextlib.suppress(OSError), open(os.path.join(directory, name), "rb") as f:
-            contents[name] = f.read()
-    if len(contents) != len(FILE_NAMES) or sha256(contents["manifest.json"]) != recorded_sha256:
+    manifest_bytes = _read(os.path.join(directory, "manifest.json"))
+    if manifest_bytes is None or sha256(manifest_bytes) != recorded_sha256:
         return None
-    manifest = json.loads(contents["manifest.json"])
-    if any(sha256(contents[name]) != digest for name, digest in manifest["files"].items()):
+    manifest = json.loads(manifest_bytes)
+    contents: dict[str, bytes] = {}
+    for name, digest in manifest["files"].items():
+        data = _read(os.path.join(directory, name))
+        if data is None or sha256(data) != digest:
+            return None
+        contents[name] = data
+    if "summary.csv" not in contents:
         return None
     return manifest, parse_summary(contents["summary.csv"])
 
 
+def _read(path: str) -> bytes | None:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        return f.read()
+    return None
+
+
 def parse_summary(data: bytes) -> list[SummaryRow]:
-    """summary.csv's party rows (the TOTAL row left out)."""
+    """summary.csv's party rows (the TOTAL rows left out), as compute made them: the
+    issuer's row back to PAY/COLLECT/NONE of its net (the file says RECEIVE/FUND)."""
     reader = csv.reader(io.StringIO(data.decode()))
     next(reader)  # header
     rows = []
-    for party_id, role, *numbers, direction, bank in reader:
-        if party_id != "TOTAL":
-            rows.append(SummaryRow(party_id, role, *map(int, numbers), direction, bank))
+    for party_id, role, *numbers, way, bank in reader:
+        if party_id == "TOTAL":
+            continue
+        row = SummaryRow(party_id, role, *map(int, numbers), way, bank)
+        rows.append(
+            row._replace(direction=direction(row.net_fen)) if party_id == ISSUER_ID else row
+        )
     return rows

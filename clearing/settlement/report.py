@@ -14,34 +14,46 @@ from html import escape
 from typing import Any
 
 from clearing.limits import EXCEPTIONS_SHOWN_MAX, SETTLEMENT_TOP_PARTIES
-from clearing.settlement.exceptions import ExceptionRow
-from clearing.settlement.figures import SummaryRow
-
-HOURS = 24
-# Fixed colours for the known classes so the chart looks the same every day;
-# any other class takes the next fallback colour in sorted order.
-CLASS_COLOURS = {"VALIDATOR": "#2563eb", "POS": "#ea580c", "BILLING": "#16a34a"}
-FALLBACK_COLOURS = ("#9333ea", "#db2777", "#0d9488", "#64748b")
+from clearing.settlement.chart import svg_chart
+from clearing.settlement.cjk_font import TTF_BASE64
+from clearing.settlement.exceptions import REVIEW, ExceptionRow, action
+from clearing.settlement.figures import (
+    ISSUER_NET_FORMULA,
+    PAYMENTS_NET_FORMULA,
+    SummaryRow,
+    issuer_net_terms,
+    payments_net_terms,
+)
 
 _TAP_ROLES = {"OPERATOR": "operators", "MERCHANT": "merchants", "UTILITY": "utilities"}
-_ISSUER_LINES = (
-    ("Hall top-ups", "hall_topups_fen"),
-    ("Agent top-ups", "agent_topups_fen"),
-    ("Fee income", "fee_income_fen"),
-    ("Commission expense", "commission_expense_fen"),
-    (None, "hot_list_loss_fen"),
+# Issuer figures shown beside the formula but not in it: cash that never was the
+# issuer's income (deposits) or that the formula already counts another way.
+_ISSUER_MEMO = (
     ("Deposits taken", "deposits_taken_fen"),
     ("Deposits refunded", "deposits_refunded_fen"),
-    ("Balance refunds", "balance_refunds_fen"),
-    ("Closing refunds paid", "closing_refunds_paid_fen"),
+    ("Closing refunds paid (balances + deposits)", "closing_refunds_paid_fen"),
+)
+# The Chinese half of a heading is optional: English comes first and alone carries
+# the meaning. Its glyphs travel in the page (cjk_font.py, 10 KB), used where the
+# host has none of the CJK fonts each platform ships (macOS, Windows, Linux).
+CJK_FONTS = (
+    '"PingFang SC","Hiragino Sans GB","Microsoft YaHei","Noto Sans CJK SC",'
+    '"Source Han Sans SC","WenQuanYi Micro Hei","Clearing CJK subset",sans-serif'
+)
+# A data: URL fetches nothing; unicode-range keeps the subset off any other text.
+FONT_FACE = (
+    '@font-face{font-family:"Clearing CJK subset";'
+    f'src:url(data:font/ttf;base64,{"".join(TTF_BASE64)}) format("truetype");'
+    "unicode-range:U+3000-303F,U+3400-4DBF,U+4E00-9FFF,U+FF00-FFEF}"
 )
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",sans-serif;
+FONT_FACE
+body{font-family:system-ui,-apple-system,"Segoe UI","Noto Sans",Arial,sans-serif;
 margin:0 auto;max-width:1120px;padding:24px;color:#1f2937;background:#fff;font-size:14px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px;
 border-bottom:2px solid #e5e7eb;padding-bottom:4px}
-.zh{color:#6b7280;font-weight:normal;font-size:.8em;margin-left:8px}
+.zh{color:#6b7280;font-weight:normal;font-size:.8em;margin-left:8px;font-family:CJK_FONTS}
 dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:8px 0}
 dl.meta dt{color:#6b7280}dl.meta dd{margin:0}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:12px}
@@ -58,9 +70,11 @@ ul.checks{list-style:none;padding:0}ul.checks li{padding:2px 0}
 .ok{color:#15803d}.bad{color:#b91c1c;font-weight:600}.note{color:#6b7280}
 .float{font-size:18px;font-variant-numeric:tabular-nums}
 details summary{cursor:pointer;font-weight:600;margin:8px 0}
-svg text{font-family:inherit;fill:#374151}
+svg text{font-family:inherit;fill:#374151}tr.sum td{font-weight:600}
+.formula{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
+tr.review td:first-child{color:#b91c1c;font-weight:600}
 @media print{details{display:block}body{padding:0}}
-"""
+""".replace("CJK_FONTS", CJK_FONTS).replace("FONT_FACE", FONT_FACE)
 
 
 def money(fen: int) -> str:
@@ -68,6 +82,11 @@ def money(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     yuan, cents = divmod(abs(fen), 100)
     return f"{sign}{yuan:,}.{cents:02d}"
+
+
+def _signed(fen: int) -> str:
+    """A contribution with its sign always shown: "+130.91", "-130.00"."""
+    return ("+" if fen > 0 else "") + money(fen)
 
 
 def _e(value: object) -> str:
@@ -85,8 +104,12 @@ def _utc(ms: Any) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _zh(chinese: str) -> str:
+    return f'<span class="zh" lang="zh-Hans">{_e(chinese)}</span>'
+
+
 def _heading(english: str, chinese: str) -> str:
-    return f'<h2>{_e(english)}<span class="zh">{_e(chinese)}</span></h2>'
+    return f"<h2>{_e(english)}{_zh(chinese)}</h2>"
 
 
 def _table(
@@ -129,16 +152,17 @@ def _header(m: Mapping[str, Any]) -> str:
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta)
     return (
-        f'<header><h1>Settlement report<span class="zh">日结报表</span> — '
+        f"<header><h1>Settlement report{_zh('日结报表')} — "
         f'{_e(m.get("business_date", ""))}</h1><dl class="meta">{items}</dl></header>'
     )
 
 
-def _card(label: str, value: str, sub: str = "", unit: str = "") -> str:
+def _card(label: str, value: str, sub: str = "", unit: str = "", zh: str = "") -> str:
+    label_html = _e(label) + (_zh(zh) if zh else "")
     unit_html = f'<span class="unit">{_e(unit)}</span>' if unit else ""
     sub_html = f'<div class="sub">{_e(sub)}</div>' if sub else ""
     return (
-        f'<div class="card"><div class="label">{_e(label)}</div>'
+        f'<div class="card"><div class="label">{label_html}</div>'
         f'<div class="value">{_e(value)}{unit_html}</div>{sub_html}</div>'
     )
 
@@ -148,45 +172,82 @@ def _key_figures(m: Mapping[str, Any], rows: list[SummaryRow]) -> str:
     taps = counts.get("taps", {})
     gross = {role: sum(r.gross_fen for r in rows if r.role == role) for role in _TAP_ROLES}
     cards = [
-        _card("Taps OK 成功", _n(taps.get("ok", 0)), f"of {_n(taps.get('taps', 0))} taps"),
+        _card("Taps OK", _n(taps.get("ok", 0)), f"of {_n(taps.get('taps', 0))} taps", zh="成功"),
         _card(
-            "Taps rejected 拒绝",
+            "Taps rejected",
             _n(taps.get("rejected", 0)),
             f"{_n(taps.get('duplicates', 0))} duplicates · {_n(taps.get('late', 0))} late",
+            zh="拒绝",
         ),
         *(
             _card(f"Gross to {label}", money(gross[role]), unit="CNY")
             for role, label in _TAP_ROLES.items()
         ),
-        _card("Fees 手续费", money(totals.get("fee_fen", 0)), unit="CNY"),
+        _card("Fees", money(totals.get("fee_fen", 0)), unit="CNY", zh="手续费"),
         _card(
-            "Top-ups 充值",
+            "Top-ups",
             money(totals.get("topups_fen", 0)),
             f"{_n(counts.get('top_ups', 0))} top-ups",
             "CNY",
+            zh="充值",
         ),
-        _card("Total paid 付出", money(totals.get("paid_fen", 0)), unit="CNY"),
-        _card("Total collected 收取", money(totals.get("collected_fen", 0)), unit="CNY"),
+        _card("Total paid", money(totals.get("paid_fen", 0)), unit="CNY", zh="付出"),
+        _card("Total collected", money(totals.get("collected_fen", 0)), unit="CNY", zh="收取"),
     ]
     return _heading("Key figures", "关键数据") + f'<div class="cards">{"".join(cards)}</div>'
 
 
 def _float_section(m: Mapping[str, Any]) -> str:
+    """The issuer's net as SPEC §8's formula, one signed line per term, summing to it."""
     i = m.get("issuer", {})
     movement = (
         f'<p class="float">Card float: {money(i.get("float_opening_fen", 0))} → '
         f"{money(i.get('float_closing_fen', 0))} CNY "
         f"(change {money(i.get('float_change_fen', 0))})</p>"
     )
+    terms = issuer_net_terms(i)
     losses = i.get("hot_list_loss_count", 0)
-    loss = f"Hot-list loss ({_n(losses)} tap{'' if losses == 1 else 's'})"
-    lines = [(label or loss, money(i.get(key, 0))) for label, key in _ISSUER_LINES]
-    table = _table(("Issuer", "CNY"), lines, {1}, total=("Issuer net", money(i.get("net_fen", 0))))
-    return _heading("Float movement", "沉淀资金变动") + movement + table
+    lines = [
+        (f"{label} ({_n(losses)} tap{'' if losses == 1 else 's'})" if key == "hot_list_loss_fen"
+         else label, _signed(fen))
+        for label, key, fen in terms
+    ]  # fmt: skip
+    net = i.get("net_fen", 0)
+    check = _check(terms, net)
+    table = _table(
+        ("Issuer net, term by term", "CNY"),
+        lines,
+        {1},
+        total=("= Issuer net (Σ of the lines above)", money(net)),
+    )
+    memo = _table(
+        ("Memo: not in the sum", "CNY"), [(k, money(i.get(f, 0))) for k, f in _ISSUER_MEMO], {1}
+    )
+    formula = f'<p class="formula">{_e(ISSUER_NET_FORMULA)}</p>'
+    gross = m.get("totals", {}).get("gross_fen", 0)
+    cash = payments_net_terms(i, gross)
+    paid = _table(
+        ("The same net from the payments", "CNY"),
+        [(label, _signed(fen)) for label, fen in cash],
+        {1},
+        total=("= Issuer net (collected − paid in payments.csv)", money(net)),
+    )
+    cash_formula = f'<p class="formula">{_e(PAYMENTS_NET_FORMULA)}</p>'
+    return (
+        _heading("Float movement and the issuer net", "沉淀资金与发卡方净额")
+        + movement + formula + table + check + cash_formula + paid + _check(cash, net) + memo
+    )  # fmt: skip
+
+
+def _check(terms: Sequence[tuple[Any, ...]], net: int) -> str:
+    added = sum(term[-1] for term in terms)
+    if added == net:
+        return '<p class="note ok">✓ The lines sum to the issuer net.</p>'
+    return f'<p class="bad">✗ The lines sum to {money(added)}, not the net {money(net)}.</p>'
 
 
 def _top_parties(rows: list[SummaryRow]) -> str:
-    def top(role: str, title: str) -> str:
+    def top(role: str, title: str, zh: str) -> str:
         ranked = sorted(  # parties with no sales that day are not "top" of anything
             (r for r in rows if r.role == role and r.gross_fen),
             key=lambda r: (-r.gross_fen, r.party_id),
@@ -198,91 +259,19 @@ def _top_parties(rows: list[SummaryRow]) -> str:
         headers = ("#", "Party", "Taps", "Gross", "Fee", "Net")
         none = '<p class="note">No sales on this day.</p>'
         body = _table(headers, shown, {0, 2, 3, 4, 5}) if shown else none
-        return f"<div><h3>{_e(title)}</h3>{body}</div>"
+        return f"<div><h3>{_e(title)}{_zh(zh)}</h3>{body}</div>"
 
-    cols = top("MERCHANT", "Merchants 商户") + top("OPERATOR", "Operators 运营商")
+    cols = top("MERCHANT", "Merchants", "商户") + top("OPERATOR", "Operators", "运营商")
     return (
         _heading(f"Top {SETTLEMENT_TOP_PARTIES} parties by gross", "交易额前列")
         + f'<div class="cols">{cols}</div>'
     )
 
 
-def _nice_ceiling(n: int) -> int:
-    """The smallest 1, 2 or 5 × 10^k at or above n, so the y axis has round labels."""
-    step = 1
-    while True:
-        for m in (1, 2, 5):
-            if m * step >= n:
-                return m * step
-        step *= 10
-
-
-def _colours(classes: list[str]) -> dict[str, str]:
-    unknown = [c for c in classes if c not in CLASS_COLOURS]
-    extra = {c: FALLBACK_COLOURS[k % len(FALLBACK_COLOURS)] for k, c in enumerate(unknown)}
-    return {c: CLASS_COLOURS.get(c) or extra[c] for c in classes}
-
-
-def _svg_chart(by_class: Mapping[str, Sequence[int]]) -> str:
-    """Stacked bars, one per local hour, drawn in integer pixels; <title>s are the tooltips."""
-    classes = sorted(by_class)
-    hours = {c: ([*by_class[c], *[0] * HOURS])[:HOURS] for c in classes}
-    colour = _colours(classes)
-    left, top_y, plot_h, slot, bar = 64, 40, 240, 40, 30
-    width, height = left + slot * HOURS + 16, top_y + plot_h + 44
-    ceiling = _nice_ceiling(
-        max((sum(hours[c][h] for c in classes) for h in range(HOURS)), default=0)
-    )
-    bottom = top_y + plot_h
-    # No xmlns: inline SVG in HTML5 needs none, and the page must hold no URL at all.
-    out = [
-        f'<svg width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="OK taps by local hour">'
-    ]
-    for k, c in enumerate(classes):  # legend, above the plot
-        x = left + 130 * k
-        out.append(
-            f'<rect x="{x}" y="8" width="14" height="14" fill="{colour[c]}"/>'
-            f'<text x="{x + 20}" y="20" font-size="13">{_e(c)}</text>'
-        )
-    for value, y in ((ceiling, top_y), (ceiling // 2, top_y + plot_h // 2), (0, bottom)):
-        out.append(
-            f'<line x1="{left}" y1="{y}" x2="{width - 16}" y2="{y}" stroke="#e5e7eb"/>'
-            f'<text x="{left - 6}" y="{y + 4}" font-size="11" text-anchor="end">'
-            f"{_n(value)}</text>"
-        )
-    for h in range(HOURS):
-        x, cumulative, parts, y_top = left + slot * h + (slot - bar) // 2, 0, [], bottom
-        for c in classes:
-            count = hours[c][h]
-            if not count:
-                continue
-            cumulative += count
-            # Rounded on the running total so segments add up to the bar's height; at least
-            # 1 px each so an hour with a handful of taps still shows (and has a tooltip).
-            y_high = min(bottom - cumulative * plot_h // ceiling, y_top - 1)
-            height, y_top = y_top - y_high, y_high
-            parts.append(
-                f'<rect x="{x}" y="{y_high}" width="{bar}" height="{height}" '
-                f'fill="{colour[c]}"><title>{h:02d}:00–{h + 1:02d}:00 {_e(c)}: '
-                f"{_n(count)} taps</title></rect>"
-            )
-        out.append(f'<g class="hour" data-hour="{h}">{"".join(parts)}</g>')
-        out.append(
-            f'<text x="{x + bar // 2}" y="{bottom + 16}" font-size="11" '
-            f'text-anchor="middle">{h}</text>'
-        )
-    out.append(
-        f'<text x="{left + slot * HOURS // 2}" y="{bottom + 36}" font-size="12" '
-        'text-anchor="middle">local hour of occurrence</text></svg>'
-    )
-    return "".join(out)
-
-
 def _taps_by_hour(m: Mapping[str, Any]) -> str:
     by_class = m.get("taps_by_hour") or {}
     note = "" if by_class else '<p class="note">No OK taps this day.</p>'
-    return _heading("OK taps by hour", "分时刷卡量") + note + _svg_chart(by_class)
+    return _heading("OK taps by hour", "分时刷卡量") + note + svg_chart(by_class)
 
 
 def _sorted_counts(counts: Mapping[str, int]) -> list[tuple[str, str]]:
@@ -317,12 +306,21 @@ def _invariants(m: Mapping[str, Any]) -> str:
 
 
 def _exceptions(exceptions: list[ExceptionRow]) -> str:
+    """Rows that need action first (the list arrives sorted so), then routine ones."""
+    title = _heading("Exceptions", "异常")
     if not exceptions:
-        return _heading("Exceptions", "异常") + '<p class="note">No exceptions.</p>'
+        return title + '<p class="note">No exceptions.</p>'
+    review = sum(1 for x in exceptions if action(x.kind, x.reason) == REVIEW)
+    summary = (
+        f"<p><strong>{_n(review)} row{'' if review == 1 else 's'} need action</strong> "
+        f"(action REVIEW: hot-list losses, sequence gaps, taps a terminal got wrong); "
+        f"{_n(len(exceptions) - review)} routine (declines, resubmissions, late but paid).</p>"
+    )
     shown = [
-        (x.kind, x.reason, x.party_id, x.terminal_id, _n(x.count), money(x.amount_fen), x.detail)
+        (action(x.kind, x.reason), x.kind, x.reason, x.party_id, x.terminal_id, _n(x.count),
+         money(x.amount_fen), x.detail)
         for x in exceptions[:EXCEPTIONS_SHOWN_MAX]
-    ]
+    ]  # fmt: skip
     more = len(exceptions) - len(shown)
     note = ""
     if more:  # the page stays light; the CSV next to it is complete
@@ -330,8 +328,8 @@ def _exceptions(exceptions: list[ExceptionRow]) -> str:
             f'<p class="note">Showing the first {_n(len(shown))} of {_n(len(exceptions))} rows; '
             f"{_n(more)} more are in exceptions.csv.</p>"
         )
-    headers = ("Kind", "Reason", "Party", "Terminal", "Count", "Amount", "Detail")
-    return _heading("Exceptions", "异常") + note + _table(headers, shown, {3, 4, 5})
+    headers = ("Action", "Kind", "Reason", "Party", "Terminal", "Count", "Amount", "Detail")
+    return title + summary + note + _table(headers, shown, {4, 5, 6})
 
 
 def _files_note(manifest: dict) -> str:
@@ -341,7 +339,9 @@ def _files_note(manifest: dict) -> str:
         _heading("Files", "文件")
         + f'<p class="note">summary.csv: every party ({_n(counts.get("parties", 0))}) and the '
         + f"issuer; payments.csv: {_n(counts.get('payments', 0))} payment instructions; "
-        + "exceptions.csv; manifest.json: the SHA-256 of each file, recorded in the journal.</p>"
+        + "exceptions.csv (rows needing action first); settlement.xlsx: the same three tables "
+        + "for spreadsheets, bank accounts as text and yuan beside fen; "
+        + "manifest.json: the SHA-256 of each file, recorded in the journal.</p>"
     )
 
 

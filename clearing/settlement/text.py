@@ -20,8 +20,14 @@ def describe(settled: Settled) -> str:
         f"  float        {money(issuer['float_opening_fen'])} -> "
         f"{money(issuer['float_closing_fen'])} ({money(issuer['float_change_fen'])})",
         f"  issuer net   {money(issuer['net_fen'])} CNY",
-        f"  exceptions   {m['counts']['exceptions']:,} rows",
+        f"  exceptions   {m['counts']['exceptions']:,} rows"
+        + _to_review(m["counts"].get("exceptions_to_review")),
         f"  files        {settled.directory}",
         f"  manifest     sha256 {settled.manifest_sha256}",
     ]
     return "\n".join(lines)
+
+
+def _to_review(count: int | None) -> str:
+    # None: a day settled before exceptions were marked for action.
+    return "" if count is None else f", {count:,} need action (first in exceptions.csv)"
