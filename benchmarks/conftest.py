@@ -33,10 +33,11 @@ import structlog
 
 from clearing import democity
 from clearing.config import SeedSettings
+from clearing.config_entry import config_entry
 from clearing.engine import seed_card_type
 from clearing.entries import MerchantRuleEntry
 from clearing.limits import MS_PER_DAY
-from clearing.registry import Registry, config_entry
+from clearing.registry import Registry
 
 # The figures are the output: keep the servers' info logs ("serving", "stopped") out of it.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import hmac
 import os
 import queue
@@ -25,6 +24,7 @@ import lmdb
 import msgspec
 import structlog
 
+from clearing.checkpoint_record import Checkpoint, checkpoint_digest
 from clearing.crashpoints import crash_point
 from clearing.errors import JournalError
 from clearing.limits import CHECKPOINT_CHILD_SECONDS_MAX, CHECKPOINTS_KEPT
@@ -32,27 +32,6 @@ from clearing.lmdb_check import open_checked
 
 log = structlog.get_logger("clearing.checkpoints")
 _SEQ = struct.Struct(">Q")
-
-
-class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
-    seq: int
-    chain_hash: bytes  # chain hash of entry ``seq``: ties the state to the journal
-    implementation: str  # which ledger core wrote ``ledger``
-    ledger: bytes
-    engine: bytes
-    digest: bytes = b""  # of everything above: a damaged checkpoint is skipped, not served
-
-    def sealed(self) -> Checkpoint:
-        return msgspec.structs.replace(self, digest=checkpoint_digest(self))
-
-
-def checkpoint_digest(cp: Checkpoint) -> bytes:
-    h = hashlib.blake2b(digest_size=32)
-    h.update(_SEQ.pack(cp.seq) + cp.chain_hash + cp.implementation.encode() + b"\0")
-    h.update(_SEQ.pack(len(cp.ledger)))
-    h.update(cp.ledger)
-    h.update(cp.engine)
-    return h.digest()
 
 
 def open_durable(

@@ -44,6 +44,9 @@ class CardType(enum.IntEnum):
     DISABLED = 4
 
 
+CARD_TYPE_NAMES = tuple(t.name for t in sorted(CardType))  # as the TOML names them
+
+
 class CardState(enum.IntEnum):
     ACTIVE = 1
     LOST = 2

@@ -7,7 +7,6 @@ names the setting, never half-used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tomllib
@@ -16,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from clearing.codes import CARD_TYPE_NAMES
 from clearing.errors import ConfigError
 from clearing.limits import (
     AMOUNT_LIMIT_FEN_MAX,
@@ -34,7 +34,6 @@ from clearing.tls import check_server_files
 PartyRoleName = Literal["OPERATOR", "MERCHANT", "UTILITY", "AGENT", "HALL"]
 TerminalClassName = Literal["VALIDATOR", "POS", "BILLING"]
 PrincipalRoleName = Literal["HALL", "AGENT", "FINANCE", "ADMIN"]
-CARD_TYPE_NAMES = ("ADULT", "STUDENT", "ELDERLY", "DISABLED")
 
 # Which party role owns which terminal class (SPEC §3).
 TERMINAL_OWNER_ROLE = {"VALIDATOR": "OPERATOR", "POS": "MERCHANT", "BILLING": "UTILITY"}
@@ -138,11 +137,6 @@ class Config(_Section):
     terminals: list[TerminalConfig] = msgspec.field(default_factory=list)
     principals: list[PrincipalConfig] = msgspec.field(default_factory=list)
     seed: SeedSettings = msgspec.field(default_factory=SeedSettings)
-
-
-def token_digest(token: str) -> bytes:
-    """Tokens are looked up by digest: no secret in the journal, no timing leak."""
-    return hashlib.sha256(token.encode()).digest()
 
 
 def load_config(path: str) -> Config:

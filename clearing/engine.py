@@ -16,7 +16,7 @@ import msgspec
 from clearing import cards
 from clearing.cardbook import CardBook, CardBookState
 from clearing.cards import CardRequest, Outcome
-from clearing.checkpoints import Checkpoint
+from clearing.checkpoint_record import Checkpoint
 from clearing.codes import CardOpStatus, CardState, CardType
 from clearing.core import Ledger
 from clearing.days import BusinessDays, DaysState

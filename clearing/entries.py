@@ -175,3 +175,8 @@ def decode(value: bytes | memoryview) -> Envelope:
 
 def chain_hash(value: bytes | memoryview) -> bytes:
     return hashlib.sha256(value).digest()
+
+
+def token_digest(token: str) -> bytes:
+    """Tokens are looked up by digest: no secret in the journal, no timing leak."""
+    return hashlib.sha256(token.encode()).digest()

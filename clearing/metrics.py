@@ -37,7 +37,7 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
-from clearing import tapsum_py as v
+from clearing import tapsum_layout as v
 from clearing.engine_metrics import EngineCollector
 from clearing.errors import ConfigError
 from clearing.limits import (

@@ -19,10 +19,12 @@ from clearing.cards import CardRequest
 from clearing.checkpoints import forked_builder
 from clearing.clock import ManualClock, SystemClock
 from clearing.codes import CardOpStatus
-from clearing.config import Config, token_digest
+from clearing.config import Config
+from clearing.config_entry import config_entry
+from clearing.core import Ledger
 from clearing.denylist import Change
 from clearing.engine import CardAnswer, Engine
-from clearing.entries import Body, Envelope, SeedEntry, TapBatchEntry
+from clearing.entries import Body, Envelope, SeedEntry, TapBatchEntry, token_digest
 from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, StorageError
 from clearing.journal import Journal
 from clearing.limits import (
@@ -30,7 +32,7 @@ from clearing.limits import (
     RESULT_STRUCT,
     TRANSFER_CHECK_SECONDS,
 )
-from clearing.registry import config_entry
+from clearing.tapsum import summarise
 
 log = structlog.get_logger("clearing.service")
 
@@ -320,6 +322,14 @@ class Service:
     async def admin(self, body: Body) -> Envelope:
         now_ms = self.check_serving()
         return await self._append(self._apply(self.engine.admin, body, now_ms))
+
+    # The core's screen and the batch summary, for servicers that do not import the core.
+    first_invalid_tap = staticmethod(Ledger.first_invalid_tap)
+
+    @staticmethod
+    def batch_summary(envelope: Envelope) -> list[int]:  # clearing.tapsum's vector
+        body = envelope.body
+        return summarise(body.packed_taps, body.packed_results, envelope.seq, 0, 0)  # type: ignore[union-attr]
 
     def deny_list_version(self) -> int:
         return self._deny_durable_version

@@ -6,7 +6,7 @@ Follows the ledger core's choice (``CLEARING_CORE``, see ``clearing.core``).
 from __future__ import annotations
 
 from clearing.core import Ledger
-from clearing.tapsum_py import SUMMARY_LEN
+from clearing.tapsum_layout import SUMMARY_LEN
 
 if Ledger.__module__ == "clearing._core":
     from clearing._tapsum import summarise

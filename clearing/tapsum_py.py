@@ -12,7 +12,7 @@ for the same input, and raise ``OverflowError`` where this one does.
 
 from __future__ import annotations
 
-from clearing.codes import STATUS_COUNT, ChargedTo, TapStatus
+from clearing.codes import ChargedTo, TapStatus
 from clearing.limits import (
     INT64_MAX,
     INT64_MIN,
@@ -24,36 +24,24 @@ from clearing.limits import (
     TAP_BYTES,
     TAP_STRUCT,
 )
-
-# Layout of the summary vector ----------------------------------------------------------
-OK_COUNT = 0  # applied taps (first submissions only; duplicates are counted apart)
-OK_LIST = 1  # Σ list_amount_fen of OK taps
-OK_DISCOUNT = 2  # Σ discount_fen of OK taps
-OK_CHARGED = 3  # Σ charged_fen of OK taps (what the party is paid gross)
-CARD_CHARGED = 4  # the part of OK_CHARGED taken from card balances
-LOSS_COUNT = 5  # OK taps charged to the issuer's hot-list loss
-LOSS_CHARGED = 6
-LATE_COUNT = 7  # OK taps that occurred before the business day began
-LATE_CHARGED = 8
-DUP_COUNT = 9  # resubmissions answered with the original result
-BAD = 10  # results that contradict themselves or their entry: the run fails
-REJECTED = 11  # + status: taps rejected with that status
-REJECTED_LIST = REJECTED + STATUS_COUNT  # + status: Σ list amount (statuses 4..8 only)
-HOURS = REJECTED_LIST + STATUS_COUNT  # + local hour of occurrence: OK taps
-LATE_DAYS = HOURS + 24  # + (days before the business day − 1), last bin "or more"
-SUMMARY_LEN = LATE_DAYS + LATE_DAY_BINS
-
-# Answers by kind: resubmissions, then each fresh outcome (the metrics' status labels).
-STATUS_LABELS = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
-
-
-def status_counts(summary: list[int]) -> list[int]:
-    """Taps of a summary vector by ``STATUS_LABELS``."""
-    fresh = [
-        summary[OK_COUNT] if s == TapStatus.OK else summary[REJECTED + s] for s in sorted(TapStatus)
-    ]
-    return [summary[DUP_COUNT], *fresh]
-
+from clearing.tapsum_layout import (  # re-exported: the twin's contract is this layout
+    BAD,
+    CARD_CHARGED,
+    DUP_COUNT,
+    HOURS,
+    LATE_CHARGED,
+    LATE_COUNT,
+    LATE_DAYS,
+    LOSS_CHARGED,
+    LOSS_COUNT,
+    OK_CHARGED,
+    OK_COUNT,
+    OK_DISCOUNT,
+    OK_LIST,
+    REJECTED,
+    REJECTED_LIST,
+    SUMMARY_LEN,
+)
 
 # Rejections whose list amount passed the amount check and may be summed safely (an
 # ID_CONFLICT, INVALID_AMOUNT or SEQUENCE_TOO_FAR_AHEAD tap may carry any int64 at all).

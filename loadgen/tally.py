@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from clearing import tapsum_py as v
+from clearing import tapsum_layout as v
 from clearing.codes import ChargedTo, TapStatus
 from clearing.tapsum import summarise
 from loadgen.model import TAP_DTYPE

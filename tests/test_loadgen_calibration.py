@@ -17,10 +17,10 @@ from clearing import democity
 from clearing.business_day import business_window_ms
 from clearing.cards import CardRequest
 from clearing.codes import CardOpStatus, ChargedTo, TapStatus
+from clearing.config_entry import config_entry
 from clearing.engine import Engine
 from clearing.entries import SeedEntry
 from clearing.limits import RESULT_STRUCT
-from clearing.registry import config_entry
 from loadgen.city import city_of
 from loadgen.day import CLOCK_END_MARGIN_MS, TICK_MS
 from loadgen.model import DAY_MS, HOUR_MS, plan_day

@@ -24,16 +24,16 @@ def test_a_settings_record_written_before_the_bound_decodes_without_it():
 
 
 async def test_an_old_journal_replays_its_far_taps_and_then_the_bound_holds(city, monkeypatch):
-    import clearing.registry
+    import clearing.config_entry
 
     # As the version before the bound wrote it: its configuration carries no bound.
-    monkeypatch.setattr(clearing.registry, "TERMINAL_SEQ_AHEAD_MAX", 0)
+    monkeypatch.setattr(clearing.config_entry, "TERMINAL_SEQ_AHEAD_MAX", 0)
     h = await Harness(city).start()
     await h.issue(CARD, balance_fen=1_000)
     (old,) = await h.taps(VALIDATOR, [(CARD, FAR_SEQ, 200, NOW_MS, 11)])
     assert old[0] == TapStatus.OK
     await h.stop()
-    monkeypatch.setattr(clearing.registry, "TERMINAL_SEQ_AHEAD_MAX", TERMINAL_SEQ_AHEAD_MAX)
+    monkeypatch.setattr(clearing.config_entry, "TERMINAL_SEQ_AHEAD_MAX", TERMINAL_SEQ_AHEAD_MAX)
     assert verify_journal(city.server.data_dir).startswith("journal OK")
 
     h = await Harness(city).start()  # replays, then journals the configuration with the bound

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from clearing import tapsum_py
+from clearing import tapsum_layout as layout
 from clearing.codes import ChargedTo, TapStatus
 from clearing.limits import INT64_MAX, RESULT_STRUCT, TAP_STRUCT
 from tests.conftest import NOW_MS, VALIDATOR
@@ -28,12 +28,12 @@ def test_the_summariser_counts_the_refusal_and_never_sums_its_amount(module):
     fresh = RESULT_STRUCT.pack(far, ChargedTo.CHARGED_TO_NONE, 0, 0, 0, 100, 9)
     again = RESULT_STRUCT.pack(far, ChargedTo.CHARGED_TO_NONE, 1, 0, 0, 100, 4)
     v = summarise(taps, fresh + again, 9, 0, 0)
-    assert v[tapsum_py.REJECTED + far] == 1 and v[tapsum_py.DUP_COUNT] == 1
-    assert v[tapsum_py.REJECTED_LIST + far] == 0  # the amount was never checked
-    assert v[tapsum_py.BAD] == 0
+    assert v[layout.REJECTED + far] == 1 and v[layout.DUP_COUNT] == 1
+    assert v[layout.REJECTED_LIST + far] == 0  # the amount was never checked
+    assert v[layout.BAD] == 0
     charged = RESULT_STRUCT.pack(far, ChargedTo.CARD, 0, 5, 0, 100, 9)  # cannot be true
-    assert summarise(taps[36:], charged, 9, 0, 0)[tapsum_py.BAD] == 1
-    assert tapsum_py.STATUS_LABELS[far] == "SEQUENCE_TOO_FAR_AHEAD"
+    assert summarise(taps[36:], charged, 9, 0, 0)[layout.BAD] == 1
+    assert layout.STATUS_LABELS[far] == "SEQUENCE_TOO_FAR_AHEAD"
 
 
 EXCEPTIONS = """\

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clearing import tapsum_py as layout
+from clearing import tapsum_layout as layout
 from clearing.codes import ChargedTo, TapStatus
 from clearing.limits import (
     INT64_MAX,

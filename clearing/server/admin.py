@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
+from clearing.codes import CARD_TYPE_NAMES
 from clearing.config import (
-    CARD_TYPE_NAMES,
     MERCHANT_DISCOUNT_BP_MIN,
     PartyConfig,
     TerminalConfig,
-    token_digest,
     validate_parties,
     validate_terminals,
 )
@@ -20,6 +19,7 @@ from clearing.entries import (
     PartyRecord,
     TerminalEntry,
     TerminalRecord,
+    token_digest,
 )
 from clearing.errors import ConfigError, RequestRejected
 from clearing.limits import BP_MAX, MANUAL_CLOCK_STEP_MS_MAX, MS_PER_DAY

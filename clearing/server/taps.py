@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from clearing.core import Ledger
 from clearing.errors import ClearingError, RequestRejected
 from clearing.limits import (
     RESULT_STRUCT,
@@ -22,7 +21,6 @@ from clearing.metrics import Metrics
 from clearing.server.auth import authorize, rpc
 from clearing.server.status import to_status
 from clearing.service import Principal, Service
-from clearing.tapsum import summarise
 from clearing.v1 import taps_pb2, taps_pb2_grpc
 
 
@@ -51,7 +49,7 @@ def canonical_taps(batch: taps_pb2.TapBatch, max_batch_taps: int) -> bytes:
         raise RequestRejected(
             "INVALID_ARGUMENT", f"batch of {count} taps is over max_batch_taps {max_batch_taps}"
         )
-    bad = Ledger.first_invalid_tap(packed)
+    bad = Service.first_invalid_tap(packed)
     if bad >= 0:
         raise RequestRejected("INVALID_ARGUMENT", f"tap {bad}: terminal_seq must be 1 or more")
     return packed
@@ -110,7 +108,7 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
     def _reply(self, batch: taps_pb2.TapBatch, envelope, started: float) -> taps_pb2.TapBatchResult:
         body = envelope.body
         terminal = self.service.engine.registry.terminals[body.terminal_id]
-        summary = summarise(body.packed_taps, body.packed_results, envelope.seq, 0, 0)
+        summary = self.service.batch_summary(envelope)
         self.metrics.observe_batch(terminal.terminal_class, summary, time.perf_counter() - started)
         reply = taps_pb2.TapBatchResult(
             terminal_id=body.terminal_id,

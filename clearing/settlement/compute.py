@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import lmdb
 
 from clearing import entries
-from clearing import tapsum_py as v
+from clearing import tapsum_layout as v
 from clearing.business_day import business_window_ms
 from clearing.entries import Body, DayCloseEntry
 from clearing.errors import SettlementError

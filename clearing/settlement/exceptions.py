@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from clearing import tapsum_py as v
+from clearing import tapsum_layout as v
 from clearing.codes import TapStatus
 from clearing.entries import DayCloseEntry
 from clearing.limits import LATE_DAY_BINS

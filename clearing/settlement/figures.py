@@ -10,7 +10,7 @@ from __future__ import annotations
 from operator import add
 from typing import NamedTuple
 
-from clearing import tapsum_py as v
+from clearing import tapsum_layout as v
 from clearing.entries import DayCloseEntry, PartyRecord
 from clearing.errors import SettlementError
 from clearing.limits import BP_SCALE, INT64_MAX, INT64_MIN

@@ -15,7 +15,7 @@ from decimal import Decimal
 from operator import add
 from typing import Any
 
-from clearing import tapsum_py as v
+from clearing import tapsum_layout as v
 from clearing.codes import TapStatus
 from clearing.settlement.exceptions import ExceptionRow, action
 from clearing.settlement.figures import ISSUER_ID, TAP_ROLES, SummaryRow, issuer_direction

@@ -82,7 +82,7 @@ cdef enum:
     CHARGED_TO_NONE = 0
     CHARGED_TO_CARD = 1
     CHARGED_TO_ISSUER_LOSS = 2
-# Layout of the summary vector: as in clearing/tapsum_py.py, which explains each.
+# Layout of the summary vector: as in clearing/tapsum_layout.py, which explains each.
 # Literals (with the twin's formulas) because Cython cannot compile enum arithmetic
 # under the build's overflowcheck directive; tests/test_tapsum.py checks the layout.
 cdef enum:
