@@ -15,7 +15,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := setup.py pyproject.toml requirements/dev.txt \
-	$(wildcard ext/clearing/*.pyx ext/clearing/*.pxd proto/clearing/v1/*.proto)
+	$(wildcard ext/clearing/core/*.pyx ext/clearing/core/*.pxd ext/clearing/core/*.pxi ext/clearing/core/*.h proto/clearing/v1/*.proto)
 # Locks for every supported Python (universal markers, every wheel's hash).
 LOCK := $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
 	--custom-compile-command "make lock"
@@ -104,4 +104,4 @@ soak: $(STAMP)
 	$(BIN)/python -m loadgen.soak
 
 clean:
-	rm -rf build $(VENV) clearing/_core.c clearing/*.so clearing/v1/*_pb2*.py clearing/v1/*_pb2*.pyi
+	rm -rf build $(VENV) clearing/core/*.so clearing/v1/*_pb2*.py clearing/v1/*_pb2*.pyi

@@ -1,7 +1,7 @@
 """Build: compiles the Cython extensions and generates the gRPC stubs.
 
 Nothing produced here is committed: the generated C (under `build/cython`), the
-extension modules (`clearing._core`, `clearing._tapsum`) and
+extension modules (`clearing.core._ledger`, `clearing.core._summary`) and
 `clearing/v1/*_pb2*.py` are all build outputs.
 """
 
@@ -56,8 +56,8 @@ class BuildExtWithProtos(build_ext):
 
 extensions = cythonize(
     [
-        Extension("clearing._core", ["ext/clearing/_core.pyx"]),
-        Extension("clearing._tapsum", ["ext/clearing/_tapsum.pyx"]),
+        Extension("clearing.core._ledger", ["ext/clearing/core/_ledger.pyx"]),
+        Extension("clearing.core._summary", ["ext/clearing/core/_summary.pyx"]),
     ],
     include_path=["ext"],
     language_level=3,

@@ -5,7 +5,7 @@ prints one ``[bench]`` line of figures (absolute throughput plus a ratio
 measured side by side in the same run) and records them in ``FIGURES``; the
 terminal summary repeats them all as one table at the end of the session.
 
-The city is the demo city's shape (``clearing.democity``): 300 validators of 3
+The city is the demo city's shape (``clearing.tools.demo_city``): 300 validators of 3
 bus operators, 600 POS of 600 merchants with their discount rules, 4 billing
 terminals of the utilities. The tap stream is 90 % validator, 9 % POS and 1 %
 billing taps, counted in taps: every batch is 1,000 taps from ONE terminal (the
@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import pytest
 import structlog
 
-from clearing import democity
-from clearing.config import SeedSettings
-from clearing.config_entry import config_entry
-from clearing.engine import seed_card_type
-from clearing.entries import MerchantRuleEntry
+from clearing.domain.engine import seed_card_type
+from clearing.domain.entries import MerchantRuleEntry
+from clearing.domain.registry import Registry
 from clearing.limits import MS_PER_DAY
-from clearing.registry import Registry
+from clearing.runtime.config import SeedSettings
+from clearing.runtime.config_entry import config_entry
+from clearing.tools import demo_city
 
 # The figures are the output: keep the servers' info logs ("serving", "stopped") out of it.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -49,10 +49,10 @@ FUNDED_BALANCE_FEN = 1_000_000  # POS and billing taps (<= 30,000 fen) rarely de
 DEPOSIT_FEN = 2_000
 
 VALIDATOR_IDS = tuple(
-    tid for i in range(len(democity.OPERATORS)) for tid in democity.validator_ids(i)
+    tid for i in range(len(demo_city.OPERATORS)) for tid in demo_city.validator_ids(i)
 )
-POS_IDS = tuple(democity.POS_ID_BASE + n for n in range(1, democity.MERCHANT_COUNT + 1))
-BILLING_IDS = tuple(democity.BILLING_ID_BASE + 1 + i for i in range(len(democity.UTILITIES)))
+POS_IDS = tuple(demo_city.POS_ID_BASE + n for n in range(1, demo_city.MERCHANT_COUNT + 1))
+BILLING_IDS = tuple(demo_city.BILLING_ID_BASE + 1 + i for i in range(len(demo_city.UTILITIES)))
 assert (len(VALIDATOR_IDS), len(POS_IDS), len(BILLING_IDS)) == (300, 600, 4)
 
 ROUTES = tuple(range(1, 25))  # a small pool, so a card's next ride is often a transfer
@@ -167,10 +167,10 @@ def build_ledger(
     """
     ledger = ledger_class()
     registry = Registry()
-    registry.apply_config(ledger, config_entry(democity.demo_config(cards=0)), 1)
+    registry.apply_config(ledger, config_entry(demo_city.demo_config(cards=0)), 1)
     promo_from = (start_ms if start_ms is not None else stream_start_ms()) - MS_PER_DAY
-    for n in range(10, democity.MERCHANT_COUNT + 1, 10):
-        registry.apply_rule(ledger, MerchantRuleEntry(democity.merchant_id(n), promo_from, 8_000))
+    for n in range(10, demo_city.MERCHANT_COUNT + 1, 10):
+        registry.apply_rule(ledger, MerchantRuleEntry(demo_city.merchant_id(n), promo_from, 8_000))
     issue, adjust = ledger.issue_card, ledger.adjust_balance
     for index in range(cards):
         card_id = FIRST_CARD_ID + index

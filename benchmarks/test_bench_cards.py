@@ -58,8 +58,8 @@ from conftest import Stopwatch, figure, filesystem_of, report, scratch_root
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
 
-from clearing.client import Stubs, bearer, channel, serve_command
-from clearing.config import Config, dump_config, parse_config
+from clearing.runtime.config import Config, dump_config, parse_config
+from clearing.tools.client import Stubs, bearer, channel, serve_command
 from clearing.v1 import cards_pb2
 from tests.conftest import TOKENS, city_dict
 

@@ -37,7 +37,7 @@ from conftest import (
     stream_start_ms,
 )
 
-from clearing.core import ledger_class
+from clearing.core.ledger import ledger_class
 
 C_WARMUP_BATCHES = 500  # untimed: the first half million taps of "history"
 C_ROUNDS = 10

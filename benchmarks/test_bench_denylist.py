@@ -40,8 +40,8 @@ import pytest
 from conftest import Stopwatch, figure, filesystem_of, report, scratch_root
 from test_bench_cards import ServerProcess, bench_config
 
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.codes import TapStatus
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import cards_pb2, denylist_pb2
 from tests.conftest import TOKENS, VALIDATOR, terminal_key, terminal_token
 

@@ -77,9 +77,9 @@ from rich.console import Console
 from test_bench_cards import REPO_ROOT, START_TIMEOUT_S, ServerProcess
 
 import loadgen.session
-from clearing.client import wait_serving
-from clearing.config import Config
-from clearing.democity import demo_config
+from clearing.runtime.config import Config
+from clearing.tools.client import wait_serving
+from clearing.tools.demo_city import demo_config
 from loadgen.city import city_of
 from loadgen.model import plan_day
 from loadgen.plan import DayPlan

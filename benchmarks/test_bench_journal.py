@@ -37,10 +37,10 @@ from conftest import (
     stream_start_ms,
 )
 
-from clearing import entries
-from clearing.core import ledger_class
-from clearing.entries import Envelope, TapBatchEntry
-from clearing.journal import Journal
+from clearing.core.ledger import ledger_class
+from clearing.domain import entries
+from clearing.domain.entries import Envelope, TapBatchEntry
+from clearing.storage.journal import Journal
 
 DISTINCT_BODIES = 100  # real batches, cycled through
 ROUNDS = 10

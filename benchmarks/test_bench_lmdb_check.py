@@ -18,7 +18,7 @@ import lmdb
 import pytest
 from conftest import Stopwatch, figure, report, scratch_root
 
-from clearing.lmdb_check import check_store
+from clearing.storage.lmdb_check import check_store
 
 ENTRIES = 20_000
 ENTRIES_PER_COMMIT = 250

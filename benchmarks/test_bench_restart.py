@@ -1,6 +1,6 @@
 """Restart: from constructing the Server to health SERVING, on a 5,000,000-tap journal.
 
-The city is the demo city (``clearing.democity``: 904 terminals, 210,000 seeded
+The city is the demo city (``clearing.tools.demo_city``: 904 terminals, 210,000 seeded
 cards, here with the full 100,000 fen opening balance). Its journal is built
 once per module, untimed, through the real path: ``Service.load()`` journals
 the configuration and the seed, then 5,000 batches of 1,000 taps from the
@@ -47,11 +47,11 @@ from conftest import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clearing import democity
-from clearing.config import Config
-from clearing.journal import Journal
+from clearing.runtime.config import Config
+from clearing.runtime.service import Service
 from clearing.server.app import Server
-from clearing.service import Service, journal_path
+from clearing.storage.journal import Journal, journal_path
+from clearing.tools import demo_city
 
 TOTAL_BATCHES = 5_000  # 5,000,000 taps
 IN_FLIGHT = 256  # appends queued before waiting: whole group commits while building
@@ -79,7 +79,10 @@ class City:
             journal, engine = service.journal, service.engine
             journal.start_writer(asyncio.get_running_loop())
             stream = TapStream(
-                cards=democity.CARD_COUNT, start_ms=service.clock.now_ms(), seed=5, ms_per_batch=200
+                cards=demo_city.CARD_COUNT,
+                start_ms=service.clock.now_ms(),
+                seed=5,
+                ms_per_batch=200,
             )
             pending = []
             for terminal_id, packed, now_ms in itertools.islice(stream, TOTAL_BATCHES):
@@ -146,7 +149,7 @@ class City:
 @pytest.fixture(scope="module")
 def city():
     root = tempfile.mkdtemp(prefix="clearing-bench-restart-", dir=scratch_root())
-    config = democity.demo_config(data_dir=root)
+    config = demo_city.demo_config(data_dir=root)
     config.seed.opening_balance_fen = config.limits.max_balance_fen  # POS rarely declines
     city = City(config)
     try:

@@ -4,7 +4,7 @@ Targets: a 10,000,000-tap day settles in <= 30 s, and the 1,000,000-tap day
 takes within 12 % of a tenth of that (linear growth: t(1M) / (t(10M)/10) in
 0.88..1.12). Peak memory of the pass is reported, and must not grow with taps.
 
-Each size gets a fresh data dir with the demo city (``clearing.democity``: 904
+Each size gets a fresh data dir with the demo city (``clearing.tools.demo_city``: 904
 terminals, 654 parties, 210,000 seeded cards at the full opening balance) on a
 manual clock. Its journal is built untimed the way ``test_bench_restart``
 builds one: ``Service.load()`` journals the configuration and the seed, then
@@ -38,7 +38,7 @@ Then the clock moves past D's end (D+1 04:00) and is measured:
    terminal with taps (374 of the 904 on the 1M day, 779 on the 10M day),
    and the files (more payees and exceptions on the bigger day).
 3. On the 1M day only: ``compute_day`` with the compiled and with the
-   plain-Python summariser (``clearing.tapsum.summariser``), C-vs-Python
+   plain-Python summariser (``clearing.core.summary.summariser``), C-vs-Python
    ratio; and the fixed cost of a run, from settling the (nearly) empty day
    D+1 the same way. Beside it, the 10M line gives the fixed cost that
    t(1M) and t(10M) imply, (10 t(1M) - t(10M)) / 9: at tens of millions of
@@ -75,14 +75,15 @@ from conftest import (
 )
 from test_bench_restart import IN_FLIGHT
 
-from clearing import democity
-from clearing.business_day import business_window_ms
+from clearing.core.summary import summariser
+from clearing.domain.business_calendar import business_window_ms
 from clearing.limits import CHECKPOINT_EVERY_TAPS, MS_PER_HOUR
-from clearing.service import Service, journal_path
+from clearing.runtime.service import Service
 from clearing.settlement import runner
 from clearing.settlement.compute import Computed, DayRequest, compute_day
 from clearing.settlement.runner import Settled, Settlements
-from clearing.tapsum import summariser
+from clearing.storage.journal import journal_path
+from clearing.tools import demo_city
 
 SIZES = (1_000_000, 10_000_000)
 DAY = dt.date(2030, 3, 17)
@@ -141,7 +142,7 @@ class Day:
     """A started service whose journal holds one business day of ``taps`` taps."""
 
     def __init__(self, data_dir: str, taps: int) -> None:
-        config = democity.demo_config(data_dir=data_dir)
+        config = demo_city.demo_config(data_dir=data_dir)
         config.seed.opening_balance_fen = config.limits.max_balance_fen  # POS rarely declines
         config.server.manual_clock = True
         self.timezone, self.cutoff = config.server.timezone, config.server.cutoff
@@ -178,7 +179,7 @@ class Day:
         service = self.service
         journal, engine, clock = service.journal, service.engine, service.clock
         stream = TapStream(
-            cards=democity.CARD_COUNT,
+            cards=demo_city.CARD_COUNT,
             start_ms=clock.now_ms(),
             seed=SEED,
             ms_per_batch=MS_PER_BATCH,

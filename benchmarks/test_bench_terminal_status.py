@@ -14,8 +14,8 @@ import pytest
 from conftest import Stopwatch, figure, report
 
 from clearing.codes import TerminalClass
-from clearing.core import ledger_class
-from clearing.gaps import gap_ranges
+from clearing.core.ledger import ledger_class
+from clearing.core.terminal_gaps import gap_ranges
 from clearing.limits import GAP_RANGES_MAX, TAP_STRUCT
 
 TERMINALS = 904

@@ -1,3 +1,3 @@
-from clearing.cli import main
+from clearing.tools.cli import main
 
 main()

@@ -126,7 +126,7 @@ METRICS_CLIENT_SECONDS_MAX = 10.0
 METRICS_CONNECTIONS_MAX = 16
 METRICS_LOGGED_TEXT_CHARS_MAX = 200  # a request line echoed in a debug line is cut here
 
-# Page checks (clearing.lmdb_check) --------------------------------------------------
+# Page checks (clearing.storage.lmdb_check) --------------------------------------------------
 
 # A hot verify or backup checks pages while a server commits: a meta page read in the
 # middle of its write looks damaged, so the check is tried once more after this.

@@ -19,7 +19,7 @@ from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from clearing.client import Stubs, bearer
+from clearing.tools.client import Stubs, bearer
 from clearing.v1 import cards_pb2
 from loadgen.tally import STATUS_NAMES, Tally
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clearing.config import Config
+from clearing.runtime.config import Config
 
 
 @dataclass(frozen=True)

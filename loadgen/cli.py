@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from clearing.config import load_config
-from clearing.democity import demo_config
+from clearing.runtime.config import load_config
+from clearing.tools.demo_city import demo_config
 from loadgen.report import print_results
 from loadgen.run import Options
 from loadgen.session import Session

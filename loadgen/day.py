@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clearing.client import bearer
+from clearing.tools.client import bearer
 from clearing.v1 import admin_pb2
 from loadgen.model import TAP_DTYPE
 from loadgen.plan import DayPlan

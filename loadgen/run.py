@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import grpc
 
-from clearing.client import Stubs, bearer
-from clearing.server.taps import batch_mac
+from clearing.server.tap_service import batch_mac
+from clearing.tools.client import Stubs, bearer
 from clearing.v1 import cards_pb2, taps_pb2
 from loadgen.city import City, Terminal
 from loadgen.day import DAY_MS as DAY_MS  # re-exported: callers plan days with it

@@ -12,8 +12,8 @@ from contextlib import contextmanager, nullcontext
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clearing.client import Stubs, bearer, channel
-from clearing.config import Config
+from clearing.runtime.config import Config
+from clearing.tools.client import Stubs, bearer, channel
 from clearing.v1 import admin_pb2
 from loadgen.check import balances, scrape, verdict
 from loadgen.city import City, city_of

@@ -14,9 +14,9 @@ from collections import Counter
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from clearing import tapsum_layout as v
 from clearing.codes import ChargedTo, TapStatus
-from clearing.tapsum import summarise
+from clearing.core import layouts as v
+from clearing.core.summary import summarise
 from loadgen.model import TAP_DTYPE
 
 LATENCY_US_MAX = 60_000_000  # histograms track 1 µs .. 60 s

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
-from clearing.config import Config, parse_config
+from clearing.runtime.config import Config, parse_config
 from clearing.server.app import Server
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import cards_pb2
 from loadgen.soak.city import (  # noqa: F401  (the tests import the city from here)
     BILLING,

@@ -17,8 +17,8 @@ import asyncio
 import grpc
 import pytest
 
-from clearing.client import bearer, channel
 from clearing.server.auth import METHOD_ROLES
+from clearing.tools.client import bearer, channel
 from loadgen.soak.access import METHODS, ROLE_TOKENS, WRONG_TOKENS
 from loadgen.soak.city import VALIDATOR, VALIDATOR_2, terminal_token
 from tests.test_tls import Pki, _config, _serve

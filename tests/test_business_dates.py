@@ -17,10 +17,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from clearing.business_day import parse_business_date
-from clearing.cli import EXIT_FAILED, app
-from clearing.config import dump_config
+from clearing.domain.business_calendar import parse_business_date
 from clearing.errors import RequestRejected
+from clearing.runtime.config import dump_config
+from clearing.tools.cli import EXIT_FAILED, app
 from clearing.v1 import settlement_pb2
 from tests.conftest import Harness
 from tests.test_settlement_example import DAY, DAY_END_MS, FINANCE, play_the_day, run, set_clock

@@ -8,7 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clearing.business_day import business_date_of, business_window_ms, parse_business_date
+from clearing.domain.business_calendar import (
+    business_date_of,
+    business_window_ms,
+    parse_business_date,
+)
 from clearing.errors import RequestRejected
 
 SHANGHAI = "Asia/Shanghai"

@@ -51,7 +51,7 @@ async def test_a_damaged_checkpoint_store_is_set_aside(city):
 
 
 async def test_verify_reads_a_journal_without_a_checkpoint_store(city):
-    from clearing.verify import verify_journal
+    from clearing.storage.verify import verify_journal
 
     journal_dir = await _a_day_with_a_checkpoint(city)
     shutil.rmtree(os.path.join(journal_dir, "checkpoints"))  # e.g. a copy of the journal alone

@@ -9,8 +9,8 @@ import json
 import subprocess
 import sys
 
-from clearing.cli import EXIT_FAILED, EXIT_NOT_SERVING, EXIT_USAGE
-from clearing.client import free_port
+from clearing.tools.cli import EXIT_FAILED, EXIT_NOT_SERVING, EXIT_USAGE
+from clearing.tools.client import free_port
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -6,9 +6,9 @@ import tomllib
 
 import pytest
 
-from clearing.config import dump_config, load_config, parse_config
-from clearing.democity import demo_config
 from clearing.errors import ConfigError
+from clearing.runtime.config import dump_config, load_config, parse_config
+from clearing.tools.demo_city import demo_config
 from tests.conftest import city_dict
 
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from clearing.codes import CardState, CardType, ChargedTo, TapStatus, TerminalClass
-from clearing.core import ledger_class
-from clearing.gaps import gap_ranges
+from clearing.core.ledger import ledger_class
+from clearing.core.terminal_gaps import gap_ranges
 from clearing.limits import (
     INT64_MAX,
     INT64_MIN,
@@ -38,7 +38,8 @@ from clearing.limits import (
 )
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("clearing._core") is None, reason="clearing._core is not built"
+    importlib.util.find_spec("clearing.core._ledger") is None,
+    reason="clearing.core._ledger is not built",
 )
 
 NOW = 1_760_000_000_000

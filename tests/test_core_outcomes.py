@@ -1,7 +1,7 @@
 """SPEC §4–§5 tap outcomes, with exact numbers, for both ledger cores.
 
-Every test runs against the compiled core (``clearing._core``) and its
-plain-Python reference twin (``clearing.core_py``); both must give the same,
+Every test runs against the compiled core (``clearing.core._ledger``) and its
+plain-Python reference twin (``clearing.core.ledger_py``); both must give the same,
 spec-mandated answers.
 """
 
@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pytest
 
 from clearing.codes import STATUS_COUNT, CardState, CardType, ChargedTo, TapStatus, TerminalClass
-from clearing.core import IMPLEMENTATIONS, ledger_class
+from clearing.core.ledger import IMPLEMENTATIONS, ledger_class
 from clearing.limits import (
     INT64_MAX,
     INT64_MIN,
@@ -86,12 +86,12 @@ def balance(ledger, card_id: int) -> int:
 
 
 def _params():
-    compiled = importlib.util.find_spec("clearing._core") is not None
+    compiled = importlib.util.find_spec("clearing.core._ledger") is not None
     return [
         pytest.param(
             name,
             marks=pytest.mark.skipif(
-                name == "c" and not compiled, reason="clearing._core is not built"
+                name == "c" and not compiled, reason="clearing.core._ledger is not built"
             ),
         )
         for name in IMPLEMENTATIONS
@@ -944,7 +944,7 @@ def test_restore_replaces_everything(impl, ledger):
 
 
 def test_compiled_restore_rejects_garbage():
-    pytest.importorskip("clearing._core")
+    pytest.importorskip("clearing.core._ledger")
     led = ledger_class("c")()
     led.issue_card(1, CardType.ADULT, 0)
     blob = led.snapshot()

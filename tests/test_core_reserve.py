@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clearing.core import IMPLEMENTATIONS, ledger_class
+from clearing.core.ledger import IMPLEMENTATIONS, ledger_class
 from clearing.limits import TAP_STRUCT
 
 

@@ -10,7 +10,7 @@ import os
 import grpc
 import pytest
 
-from clearing.client import bearer, signed_batch
+from clearing.tools.client import bearer, signed_batch
 from tests.conftest import VALIDATOR, terminal_key, terminal_token
 
 CARDS = [8_000_000 + i for i in range(1, 21)]
@@ -45,9 +45,9 @@ async def test_restart_from_a_checkpoint_replays_only_what_follows(city):
 
 
 async def test_a_damaged_journal_stops_the_start_with_the_position(city):
-    from clearing.client import pack_taps
     from clearing.errors import JournalCorrupt
     from clearing.server.app import Server
+    from clearing.tools.client import pack_taps
     from tests.conftest import Harness, flip_byte
 
     h = await Harness(city).start()

@@ -23,10 +23,10 @@ import lmdb
 import msgspec
 import pytest
 
-from clearing.cli import EXIT_FAILED
-from clearing.client import serve_command
 from clearing.errors import JournalError
-from clearing.journal import Journal
+from clearing.storage.journal import Journal
+from clearing.tools.cli import EXIT_FAILED
+from clearing.tools.client import serve_command
 from loadgen.soak.pages import Outcome, damage_page
 
 SERVE_SECONDS_MAX = 60.0

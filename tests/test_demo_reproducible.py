@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from clearing.demo import run_demo
+from clearing.tools.demo import run_demo
 
 SCALE = 0.5  # half the reference city's day: about 14,000 bus taps, 3,000 calls
 SECONDS = 4.0

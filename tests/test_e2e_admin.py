@@ -7,11 +7,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
-from clearing.client import Stubs, bearer, channel, signed_batch
 from clearing.codes import TapStatus
-from clearing.config import parse_config
 from clearing.limits import MANUAL_CLOCK_STEP_MS_MAX
+from clearing.runtime.config import parse_config
 from clearing.server.app import Server
+from clearing.tools.client import Stubs, bearer, channel, signed_batch
 from clearing.v1 import admin_pb2
 from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, city_dict, terminal_token
 
@@ -159,7 +159,7 @@ def test_a_long_refusal_is_cut_at_the_details_limit():
     """Whatever a refusal quotes, its details stay under gRPC's trailer limit."""
     from clearing.errors import RequestRejected
     from clearing.limits import STATUS_DETAILS_CHARS_MAX
-    from clearing.server.status import to_status
+    from clearing.server.grpc_status import to_status
 
     code, details = to_status(RequestRejected("NOT_FOUND", "no card " + "9" * 300_000))
     assert code == grpc.StatusCode.NOT_FOUND

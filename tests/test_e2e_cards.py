@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from clearing.client import bearer
+from clearing.tools.client import bearer
 from clearing.v1 import cards_pb2
 from tests.conftest import NOW_MS, TOKENS, VALIDATOR
 

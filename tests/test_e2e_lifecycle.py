@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from clearing.client import bearer, signed_batch
 from clearing.codes import ChargedTo, TapStatus
+from clearing.tools.client import bearer, signed_batch
 from clearing.v1 import admin_pb2, cards_pb2, denylist_pb2
 from tests.conftest import NOW_MS, POS, TOKENS, VALIDATOR, VALIDATOR_2, terminal_key
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from clearing.client import bearer, signed_batch, unpack_results
 from clearing.codes import ChargedTo, TapStatus
 from clearing.limits import TERMINAL_SEQ_AHEAD_MAX
+from clearing.storage.verify import verify_journal
+from clearing.tools.client import bearer, signed_batch, unpack_results
 from clearing.v1 import admin_pb2, cards_pb2, taps_pb2
-from clearing.verify import verify_journal
 from tests.conftest import (
     BILLING,
     NOW_MS,

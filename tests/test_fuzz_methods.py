@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clearing.limits import RESULT_STRUCT
+from clearing.storage.verify import verify_journal
 from clearing.v1 import cards_pb2, taps_pb2
-from clearing.verify import verify_journal
 from loadgen.soak.city import CITY_WORDS, FUZZ_TERMINALS, FUZZ_TOKENS
 from loadgen.soak.fuzz import (
     DEFAULT_SKIP,
@@ -173,7 +173,7 @@ async def test_atheris_harness_finds_nothing_undefined(harness, tmp_path):
 
 
 async def test_a_far_future_clock_leaves_the_server_answering(harness):
-    from clearing.client import bearer
+    from clearing.tools.client import bearer
     from clearing.v1 import admin_pb2
 
     admin = bearer(TOKENS["admin"])

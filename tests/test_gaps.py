@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clearing.codes import TerminalClass
-from clearing.core import ledger_class
-from clearing.gaps import GapSet, gap_ranges
+from clearing.core.ledger import ledger_class
+from clearing.core.terminal_gaps import GapSet, gap_ranges
 from clearing.limits import TAP_STRUCT, UINT64_MAX
 
 TERMINAL = 7

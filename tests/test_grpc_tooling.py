@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_tools import protoc
 
 import clearing.v1 as generated
-from clearing.client import channel
 from clearing.server.app import Server
+from clearing.tools.client import channel
 
 PROTO = Path(__file__).resolve().parent.parent / "proto"
 HEALTH_PROTO = "grpc/health/v1/health.proto"

@@ -21,12 +21,12 @@ import grpc
 import msgspec
 import pytest
 
-from clearing.client import bearer, unpack_results
 from clearing.codes import ChargedTo, TapStatus
-from clearing.config import Config
 from clearing.errors import JournalError
 from clearing.limits import UINT64_MAX
-from clearing.verify import verify_journal
+from clearing.runtime.config import Config
+from clearing.storage.verify import verify_journal
+from clearing.tools.client import bearer, unpack_results
 from loadgen.soak.damage import flip_bits
 from loadgen.soak.hostile import BATCH_CODES, answer_problems, hostile_batch
 from tests.conftest import NOW_MS, POS, VALIDATOR, VALIDATOR_2, Harness

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from clearing import entries
-from clearing.entries import SeedEntry, TapBatchEntry
+from clearing.domain import entries
+from clearing.domain.entries import SeedEntry, TapBatchEntry
 from clearing.errors import JournalCorrupt, JournalError, StorageError
-from clearing.journal import Journal
+from clearing.storage.journal import Journal
 from tests.conftest import flip_byte
 
 

@@ -1,14 +1,21 @@
-"""Which module may import which (issue 14, point 2, the first step): the rules, in one
-place, checked over every module's imports, so the layering cannot erode silently.
+"""Which layer may import which (issue 14, point 2): the rules, in one table, checked over
+every module's imports, so the layering cannot erode silently. README, "How it is built",
+draws the same picture.
 
-- The domain (the engine and what it derives, the cores and their twins, entry types,
-  codes, limits) does no I/O: no LMDB, gRPC, Prometheus or logging, and nothing of
-  storage, configuration files, TLS, the service or the server.
-- Servicers reach the engine through the service, never the ledger core or the
-  settlement summariser themselves.
-- Settlement, metrics and tools read the summary vector's layout
-  (``clearing.tapsum_layout``) and call the dispatcher (``clearing.tapsum``), never a
-  twin directly.
+Layers, lowest first; a module may import its own layer and those its row names:
+
+- vocabulary (``clearing``, ``limits``, ``codes``, ``errors``): the names every layer shares.
+- core: the ledger core and the summariser, compiled and twin, and their dispatchers.
+- domain: the deterministic engine and the state it derives. Core and domain do no I/O:
+  no LMDB, gRPC, Prometheus or logging.
+- storage: the journal and checkpoints on LMDB, backups, verification.
+- runtime: the service that replays, answers and journals; configuration, TLS, metrics.
+- settlement: the nightly settlement, from the journal.
+- server: the gRPC servicers; they reach the engine through the service, never the core.
+- tools: the command line, the client, the demo; ``loadgen`` is a tool outside the package.
+
+Outside ``clearing.core`` nobody imports a twin (compiled or Python) or the gap set: only
+the dispatchers (``ledger``, ``summary``) and the summary vector's ``layouts``.
 """
 
 from __future__ import annotations
@@ -19,18 +26,39 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOMAIN = {
-    "clearing.business_day", "clearing.cardbook", "clearing.cards", "clearing.checkpoint_record",
-    "clearing.codes", "clearing.core", "clearing.core_py", "clearing.days", "clearing.denylist",
-    "clearing.engine", "clearing.entries", "clearing.errors", "clearing.gaps", "clearing.limits",
-    "clearing.registry", "clearing.tapsum", "clearing.tapsum_layout", "clearing.tapsum_py",
-}  # fmt: skip
-NOT_IN_DOMAIN = (
-    "lmdb", "grpc", "prometheus_client", "structlog", "clearing.checkpoints", "clearing.journal",
-    "clearing.config", "clearing.tls", "clearing.service", "clearing.server",
-    "clearing.metrics", "clearing.settlement",
+VOCABULARY = {"clearing", "clearing.limits", "clearing.codes", "clearing.errors"}
+EVERY_LAYER = {"vocabulary", "core", "domain", "storage", "runtime", "settlement", "server"}
+MAY_IMPORT = {
+    "vocabulary": set(),
+    "core": {"vocabulary"},
+    "domain": {"vocabulary", "core"},
+    "storage": {"vocabulary", "domain"},
+    "runtime": {"vocabulary", "core", "domain", "storage"},
+    "settlement": {"vocabulary", "core", "domain", "storage", "runtime"},
+    "server": {"vocabulary", "domain", "runtime", "settlement", "wire"},
+    "tools": EVERY_LAYER | {"wire"},
+    "loadgen": EVERY_LAYER | {"wire", "tools"},
+}
+NO_IO = ("lmdb", "grpc", "prometheus_client", "structlog", "socket", "threading", "subprocess")
+NO_IO_LAYERS = {"vocabulary", "core", "domain"}
+CORE_INSIDES = (
+    "clearing.core._ledger", "clearing.core.ledger_py", "clearing.core._summary",
+    "clearing.core.summary_py", "clearing.core.terminal_gaps",
 )  # fmt: skip
-TWINS = ("clearing.core_py", "clearing._core", "clearing.tapsum_py", "clearing._tapsum")
+
+
+PACKAGES = {"core", "domain", "storage", "runtime", "settlement", "server", "tools", "v1"}
+
+
+def layer_of(name: str) -> str:
+    """The layer of a module, or of a name imported from one (``clearing.codes.TapStatus``)."""
+    parts = name.split(".")
+    if parts[0] == "loadgen":
+        return "loadgen"
+    assert parts[0] == "clearing", name
+    if len(parts) == 1 or parts[1] not in PACKAGES:
+        return "tools" if parts[1:2] == ["__main__"] else "vocabulary"
+    return "wire" if parts[1] == "v1" else parts[1]
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -75,31 +103,47 @@ def _hits(imported: set[str], forbidden: tuple[str, ...]) -> list[str]:
 
 
 MODULES = _modules()
+LAYERS = {name: layer_of(name) for name in MODULES}
 
 
-@pytest.mark.parametrize("name", sorted(DOMAIN))
-def test_the_domain_does_no_io_and_knows_no_runtime(name):
-    assert name in MODULES, f"{name} is listed in DOMAIN but does not exist"
-    assert _hits(_imports(name, MODULES[name]), NOT_IN_DOMAIN) == []
+def test_a_module_outside_the_layer_packages_is_vocabulary_on_purpose():
+    loose = {n for n in MODULES if n.startswith("clearing") and layer_of(n) == "vocabulary"}
+    assert loose == VOCABULARY
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("clearing.server")))
-def test_servicers_do_not_reach_into_the_cores(name):
-    forbidden = (*TWINS, "clearing.core", "clearing.tapsum")
-    assert _hits(_imports(name, MODULES[name]), forbidden) == []
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_module_imports_only_the_layers_below_it(name):
+    own = LAYERS[name]
+    allowed = MAY_IMPORT[own] | {own}
+    crossing = sorted(
+        f"{imported} ({layer_of(imported)})"
+        for imported in _imports(name, MODULES[name])
+        if imported.split(".")[0] == "clearing" and layer_of(imported) not in allowed
+    )
+    assert crossing == [], f"{name} is in {own}, which may import only {sorted(allowed)}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    sorted(
-        n for n in MODULES if n.startswith(("clearing.settlement", "clearing.metrics", "loadgen"))
-    ),
-)
-def test_readers_of_summaries_use_the_layout_and_the_dispatcher(name):
-    assert _hits(_imports(name, MODULES[name]), TWINS) == []
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if LAYERS[n] in NO_IO_LAYERS))
+def test_vocabulary_core_and_domain_do_no_io(name):
+    assert _hits(_imports(name, MODULES[name]), NO_IO) == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if LAYERS[n] != "core"))
+def test_only_the_core_sees_its_twins(name):
+    assert _hits(_imports(name, MODULES[name]), CORE_INSIDES) == []
 
 
 def test_the_rules_see_imports():
-    """The checker itself: it finds plain, from- and relative imports."""
-    imported = _imports("clearing.server.taps", MODULES["clearing.server.taps"])
-    assert {"grpc", "clearing.service", "clearing.errors.RequestRejected"} <= imported
+    """The checker itself: it finds plain, from- and relative imports, and would fail."""
+    name = "clearing.server.tap_service"
+    imported = _imports(name, MODULES[name])
+    assert {"grpc", "clearing.runtime.service", "clearing.errors.RequestRejected"} <= imported
+    assert layer_of("clearing.core.ledger") not in MAY_IMPORT[LAYERS[name]]
+    tree = "from ..storage import journal\nimport clearing.core._ledger\n"
+    probe = ROOT / "build" / "layer_probe.py"
+    probe.parent.mkdir(exist_ok=True)
+    probe.write_text(tree)
+    assert _imports("clearing.domain.probe", probe) >= {
+        "clearing.storage.journal",
+        "clearing.core._ledger",
+    }

@@ -1,4 +1,4 @@
-"""clearing.lmdb_check: sound LMDB files always pass, damaged ones name the page.
+"""clearing.storage.lmdb_check: sound LMDB files always pass, damaged ones name the page.
 
 A false refusal would keep a sound journal from starting, so the healthy side is
 tested hardest: random puts, overwrites and deletes of small and overflow-sized
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clearing.errors import JournalError, StoreDamaged
-from clearing.lmdb_check import check_store, open_checked
+from clearing.storage.lmdb_check import check_store, open_checked
 
 NAMES = [b"journal", b"meta", b"checkpoints"]
 MAP_BYTES = 2**30  # sparse: the hot check's writer may grow its file while readers pin pages

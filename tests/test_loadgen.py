@@ -14,11 +14,11 @@ import time
 import pytest
 from rich.console import Console
 
-from clearing import democity
-from clearing.client import Stubs, channel, free_port
-from clearing.democity import demo_config
 from clearing.limits import TAP_STRUCT
 from clearing.server.app import Server
+from clearing.tools import demo_city
+from clearing.tools.client import Stubs, channel, free_port
+from clearing.tools.demo_city import demo_config
 from loadgen.city import city_of
 from loadgen.plan import CardOp, DayPlan, TapBatch
 from loadgen.report import print_results
@@ -161,7 +161,7 @@ async def test_day_mode_keeps_a_cards_order_when_an_answer_is_slow(served, monke
     purchase = TAP_STRUCT.pack(card, 1, 12_000, now_ms, 0)  # m-0001 at 7.7 折: 9,240 fen
     plan = DayPlan(
         base_ms=now_ms,
-        single_taps=[TapBatch(1_001, democity.POS_ID_BASE + 1, purchase)],
+        single_taps=[TapBatch(1_001, demo_city.POS_ID_BASE + 1, purchase)],
         card_ops=[CardOp(1_000, "TopUp", "hall-1", card, amount_fen=10_000)],
     )
     tally = Tally(set())

@@ -1,7 +1,7 @@
 """The model's city day against SPEC §1's city, through the real engine, offline.
 
 The plan is applied to a fresh demo city (210,000 cards opened with 50 CNY) by
-the engine itself (``clearing.engine.Engine``: rating, balances, declines), in
+the engine itself (``clearing.domain.engine.Engine``: rating, balances, declines), in
 day mode's order and at its clock (each model minute's events at the minute's
 end), with no server in between: the shares below are the engine's answers.
 """
@@ -13,14 +13,14 @@ import datetime as dt
 
 import pytest
 
-from clearing import democity
-from clearing.business_day import business_window_ms
-from clearing.cards import CardRequest
 from clearing.codes import CardOpStatus, ChargedTo, TapStatus
-from clearing.config_entry import config_entry
-from clearing.engine import Engine
-from clearing.entries import SeedEntry
+from clearing.domain.business_calendar import business_window_ms
+from clearing.domain.card_operations import CardRequest
+from clearing.domain.engine import Engine
+from clearing.domain.entries import SeedEntry
 from clearing.limits import RESULT_STRUCT
+from clearing.runtime.config_entry import config_entry
+from clearing.tools import demo_city
 from loadgen.city import city_of
 from loadgen.day import CLOCK_END_MARGIN_MS, TICK_MS
 from loadgen.model import DAY_MS, HOUR_MS, plan_day
@@ -37,7 +37,7 @@ class Outcome:
 
 
 def city_day(scale: float, seed: int) -> Outcome:
-    config = democity.demo_config()
+    config = demo_city.demo_config()
     settings = config.server
     base_ms = business_window_ms(DAY, settings.timezone, settings.cutoff)[0]
     plan = plan_day(city_of(config), scale=scale, seed=seed, base_ms=base_ms, local0_ms=4 * HOUR_MS)
@@ -65,7 +65,7 @@ def city_day(scale: float, seed: int) -> Outcome:
             continue
         batch = (plan.validator_batches if kind == 0 else plan.single_taps)[i]
         what = "BUS" if kind == 0 else "POS"
-        if batch.terminal_id > democity.BILLING_ID_BASE:
+        if batch.terminal_id > demo_city.BILLING_ID_BASE:
             what = "BILL"
         results = engine.tap_batch(batch.terminal_id, batch.packed_taps, now).body.packed_results
         for status, charged_to, _, charged, *_ in RESULT_STRUCT.iter_unpack(results):

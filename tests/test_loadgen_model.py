@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from clearing import democity
 from clearing.limits import TAP_STRUCT
+from clearing.tools import demo_city
 from loadgen.city import City, city_of
 from loadgen.model import DAY_MS, HOUR_MS, LATE_SEND_MS, MINUTE_MS, TAP_DTYPE, plan_day
 from loadgen.plan import DayPlan, TapBatch
@@ -21,7 +21,7 @@ SEQ_BASE = {10001: 41, 10150: 7, 30001: 9, 50002: 1_000}
 
 @pytest.fixture(scope="module")
 def city() -> City:
-    return city_of(democity.demo_config())
+    return city_of(demo_city.demo_config())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_another_seed_gives_another_day(city: City, plan: DayPlan) -> None:
 
 def test_volumes_are_the_reference_day_times_scale(city: City, plan: DayPlan) -> None:
     assert 27_000 < plan.validator_taps < 29_500  # 850,000 a month
-    pos = sum(1 for b in plan.single_taps if b.terminal_id < democity.BILLING_ID_BASE)
+    pos = sum(1 for b in plan.single_taps if b.terminal_id < demo_city.BILLING_ID_BASE)
     assert pos == 2_000 and len(plan.single_taps) - pos == 1_000  # 60,000 and 30,000 a month
     big = plan_day(city, scale=4.0, seed=7, base_ms=BASE_MS)
     assert 3.8 < big.validator_taps / plan.validator_taps < 4.2
@@ -158,7 +158,7 @@ def test_transfers_ride_another_route_within_the_window(plan: DayPlan) -> None:
 def test_validator_taps_decode_as_canonical_bytes(city: City, plan: DayPlan) -> None:
     assert TAP_DTYPE.itemsize == TAP_STRUCT.size == 36
     seeded = range(city.first_card_id, city.first_card_id + city.card_count)
-    operator = {tid: i for i in range(3) for tid in democity.validator_ids(i)}
+    operator = {tid: i for i in range(3) for tid in demo_city.validator_ids(i)}
     fares = {0: 200, 1: 200, 2: 300}
     cards: collections.Counter[int] = collections.Counter()
     for batch in plan.validator_batches:

@@ -16,10 +16,10 @@ import urllib.request
 
 import pytest
 
-from clearing.client import free_port
 from clearing.limits import METRICS_CONNECTIONS_MAX, METRICS_REQUEST_LINE_BYTES_MAX
 from clearing.server.app import Server
-from clearing.status import scrape
+from clearing.tools.client import free_port
+from clearing.tools.server_status import scrape
 from loadgen.soak.common import soak_city
 from loadgen.soak.server import ServerProcess
 
@@ -125,7 +125,7 @@ def test_idle_connections_are_bounded_and_dropped_then_scrapes_go_on(monkeypatch
     """The metrics server alone, as the product starts it: past METRICS_CONNECTIONS_MAX
     open connections a new one is closed unanswered; a silent client is dropped after
     its timeout (shortened here) and the scrape after it is the usual page."""
-    from clearing import metrics as module
+    from clearing.runtime import metrics as module
 
     monkeypatch.setattr(module._MetricsRequest, "timeout", 2.0)
     metrics = module.Metrics()
@@ -158,7 +158,7 @@ def test_idle_connections_are_bounded_and_dropped_then_scrapes_go_on(monkeypatch
 def test_a_client_trickling_its_request_is_dropped_at_the_deadline(monkeypatch):
     """The time bound covers the whole request, not each read (a byte every second
     would otherwise hold a connection slot for ever)."""
-    from clearing import metrics as module
+    from clearing.runtime import metrics as module
 
     monkeypatch.setattr(module._MetricsRequest, "timeout", 2.0)
     metrics = module.Metrics()

@@ -13,10 +13,10 @@ import sys
 
 import grpc
 
-from clearing.cli import EXIT_FAILED, EXIT_NOT_SERVING
-from clearing.client import bearer, channel
-from clearing.logs import mask_cards
-from clearing.status import scrape
+from clearing.runtime.logs import mask_cards
+from clearing.tools.cli import EXIT_FAILED, EXIT_NOT_SERVING
+from clearing.tools.client import bearer, channel
+from clearing.tools.server_status import scrape
 from clearing.v1 import cards_pb2, cards_pb2_grpc
 from loadgen.soak.audit import audit
 from loadgen.soak.city import TOKENS

@@ -1,4 +1,4 @@
-"""clearing.sd_notify against real AF_UNIX datagram sockets standing for systemd's."""
+"""clearing.runtime.sd_notify against real AF_UNIX datagram sockets standing for systemd's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from clearing.sd_notify import Notifier, address
+from clearing.runtime.sd_notify import Notifier, address
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from __future__ import annotations
 import msgspec
 
 from clearing.codes import TapStatus
-from clearing.entries import SettingsRecord
+from clearing.domain.entries import SettingsRecord
 from clearing.limits import TERMINAL_SEQ_AHEAD_MAX
-from clearing.verify import verify_journal
+from clearing.storage.verify import verify_journal
 from tests.conftest import NOW_MS, VALIDATOR, Harness
 
 CARD = 8_300_001
@@ -24,16 +24,18 @@ def test_a_settings_record_written_before_the_bound_decodes_without_it():
 
 
 async def test_an_old_journal_replays_its_far_taps_and_then_the_bound_holds(city, monkeypatch):
-    import clearing.config_entry
+    import clearing.runtime.config_entry
 
     # As the version before the bound wrote it: its configuration carries no bound.
-    monkeypatch.setattr(clearing.config_entry, "TERMINAL_SEQ_AHEAD_MAX", 0)
+    monkeypatch.setattr(clearing.runtime.config_entry, "TERMINAL_SEQ_AHEAD_MAX", 0)
     h = await Harness(city).start()
     await h.issue(CARD, balance_fen=1_000)
     (old,) = await h.taps(VALIDATOR, [(CARD, FAR_SEQ, 200, NOW_MS, 11)])
     assert old[0] == TapStatus.OK
     await h.stop()
-    monkeypatch.setattr(clearing.config_entry, "TERMINAL_SEQ_AHEAD_MAX", TERMINAL_SEQ_AHEAD_MAX)
+    monkeypatch.setattr(
+        clearing.runtime.config_entry, "TERMINAL_SEQ_AHEAD_MAX", TERMINAL_SEQ_AHEAD_MAX
+    )
     assert verify_journal(city.server.data_dir).startswith("journal OK")
 
     h = await Harness(city).start()  # replays, then journals the configuration with the bound

@@ -22,7 +22,7 @@ from clearing.codes import TapStatus
 from clearing.settlement import files
 from clearing.settlement.cjk_font import CHARACTERS, TTF_BASE64
 from clearing.settlement.cjk_font_build import heading_characters
-from clearing.settlement.exceptions import REVIEW, ROUTINE, ExceptionRow, action
+from clearing.settlement.exception_rows import REVIEW, ROUTINE, ExceptionRow, action
 from clearing.settlement.figures import SummaryRow, direction, issuer_direction
 from clearing.settlement.publish import load_published, parse_summary
 from clearing.v1 import settlement_pb2

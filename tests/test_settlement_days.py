@@ -8,9 +8,9 @@ import grpc
 import msgspec
 import pytest
 
-from clearing.config import Config
-from clearing.entries import DayCloseEntry
+from clearing.domain.entries import DayCloseEntry
 from clearing.errors import StorageError
+from clearing.runtime.config import Config
 from clearing.settlement.runner import Settlements
 from clearing.v1 import settlement_pb2
 from tests.conftest import NOW_MS, VALIDATOR, Harness

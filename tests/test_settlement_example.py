@@ -37,8 +37,8 @@ import os
 import grpc
 import pytest
 
-from clearing.client import bearer, top_up
 from clearing.codes import ChargedTo, TapStatus
+from clearing.tools.client import bearer, top_up
 from clearing.v1 import admin_pb2, cards_pb2, settlement_pb2
 from tests.conftest import BILLING, NOW_MS, POS, TOKENS, VALIDATOR
 

@@ -9,10 +9,10 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from clearing.cli import EXIT_FAILED, app
-from clearing.config import Config
 from clearing.errors import JournalCorrupt, JournalError, RequestRejected
+from clearing.runtime.config import Config
 from clearing.settlement.offline import settle_offline
+from clearing.tools.cli import EXIT_FAILED, app
 from tests.conftest import Harness, flip_byte
 from tests.test_settlement_example import (
     DAY,
@@ -68,7 +68,7 @@ async def test_offline_settlement_refuses_an_open_day(city):
 
 
 async def test_a_damaged_journal_stops_the_run_with_the_position(city):
-    from clearing.client import pack_taps
+    from clearing.tools.client import pack_taps
 
     h = await Harness(city).start()
     await play_the_day(h)

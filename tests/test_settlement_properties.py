@@ -24,12 +24,12 @@ from fractions import Fraction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clearing.business_day import business_date_of, business_window_ms
 from clearing.codes import CardOpStatus, ChargedTo, TapStatus
-from clearing.config import parse_config
-from clearing.entries import MerchantRuleEntry
+from clearing.domain.business_calendar import business_date_of, business_window_ms
+from clearing.domain.entries import MerchantRuleEntry
 from clearing.limits import RESULT_STRUCT, TAP_STRUCT
-from clearing.service import Service
+from clearing.runtime.config import parse_config
+from clearing.runtime.service import Service
 from clearing.settlement.runner import Settlements
 from tests.conftest import NOW_MS
 

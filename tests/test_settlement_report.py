@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from clearing.settlement.exceptions import ExceptionRow
+from clearing.settlement.exception_rows import ExceptionRow
 from clearing.settlement.figures import SummaryRow
 from clearing.settlement.report import EXCEPTIONS_SHOWN_MAX, money, render_report
 

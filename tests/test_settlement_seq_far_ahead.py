@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from clearing import tapsum_layout as layout
 from clearing.codes import ChargedTo, TapStatus
+from clearing.core import layouts as layout
 from clearing.limits import INT64_MAX, RESULT_STRUCT, TAP_STRUCT
 from tests.conftest import NOW_MS, VALIDATOR
 from tests.test_settlement_example import DAY_END_MS, read, run, set_clock
@@ -20,7 +20,7 @@ from tests.test_settlement_example import DAY_END_MS, read, run, set_clock
 CARD = 1001
 
 
-@pytest.mark.parametrize("module", ["clearing.tapsum_py", "clearing._tapsum"])
+@pytest.mark.parametrize("module", ["clearing.core.summary_py", "clearing.core._summary"])
 def test_the_summariser_counts_the_refusal_and_never_sums_its_amount(module):
     summarise = importlib.import_module(module).summarise
     far = TapStatus.SEQUENCE_TOO_FAR_AHEAD

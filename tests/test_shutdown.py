@@ -19,9 +19,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clearing.client import bearer, channel, signed_batch, unpack_results
 from clearing.limits import GRACE_SECONDS
 from clearing.server.app import STOPPING_MESSAGE, Server
+from clearing.tools.client import bearer, channel, signed_batch, unpack_results
 from clearing.v1 import admin_pb2, cards_pb2, denylist_pb2, taps_pb2_grpc
 from loadgen.soak.audit import audit
 from loadgen.soak.city import NOW_MS, TOKENS, VALIDATOR, terminal_key, terminal_token

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from clearing import status
+from clearing.tools import server_status
 
 PAGE = """\
 # HELP clearing_terminal_gap_taps Taps missing below each terminal's highest sequence number
@@ -62,7 +62,7 @@ def metrics_url() -> Iterator[str]:
 
 
 def test_scrape_keeps_integers_exact(metrics_url):
-    samples = status.scrape(metrics_url)
+    samples = server_status.scrape(metrics_url)
     gaps = samples["clearing_terminal_gap_taps{terminal_class=VALIDATOR}"]
     assert gaps == 2**64 - 1 and isinstance(gaps, int)  # not 1.8446744073709552e+19
     assert samples["clearing_deny_list_version"] == 2**53 + 1  # a float would hold 2**53
@@ -76,8 +76,8 @@ def test_scrape_keeps_integers_exact(metrics_url):
 
 
 def test_status_prints_a_large_integer_gauge_exactly(metrics_url, monkeypatch):
-    monkeypatch.setattr(status, "health", lambda target, credentials=None: "SERVING")
-    text, serving = status.report("127.0.0.1:1", metrics_url)
+    monkeypatch.setattr(server_status, "health", lambda target, credentials=None: "SERVING")
+    text, serving = server_status.report("127.0.0.1:1", metrics_url)
     assert serving
     gaps_line = next(line for line in text.splitlines() if line.startswith("terminal gaps"))
     assert "VALIDATOR 18446744073709551615" in gaps_line, gaps_line
@@ -91,11 +91,14 @@ def test_status_prints_a_large_integer_gauge_exactly(metrics_url, monkeypatch):
 
 
 def test_a_float_beyond_exact_integers_is_marked_approximate():
-    samples = status.parse_samples(
+    samples = server_status.parse_samples(
         "# TYPE clearing_terminal_gap_taps gauge\n"
         'clearing_terminal_gap_taps{terminal_class="VALIDATOR"} 1.8446744073709552e+19\n'
     )
     (value,) = samples.values()
     assert isinstance(value, float)  # 2**64 exactly, but the count it stood for is lost
-    assert status.count_text(value) == "~18446744073709551616"
-    assert status.count_text(12) == "12" and status.count_text(2**64 - 1) == "18446744073709551615"
+    assert server_status.count_text(value) == "~18446744073709551616"
+    assert (
+        server_status.count_text(12) == "12"
+        and server_status.count_text(2**64 - 1) == "18446744073709551615"
+    )

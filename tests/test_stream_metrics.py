@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from clearing.client import bearer, signed_batch
+from clearing.tools.client import bearer, signed_batch
 from tests.conftest import NOW_MS, VALIDATOR_2, terminal_key, terminal_token
 
 ADULT = 9_000_001

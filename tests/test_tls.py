@@ -18,12 +18,12 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clearing.cli import EXIT_NOT_SERVING
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
-from clearing.config import dump_config, load_config, parse_config
 from clearing.errors import ConfigError, RequestRejected
+from clearing.runtime.config import dump_config, load_config, parse_config
+from clearing.runtime.tls import ClientTls, certificate_terminal
 from clearing.server.app import Server
-from clearing.tls import ClientTls, certificate_terminal
+from clearing.tools.cli import EXIT_NOT_SERVING
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import denylist_pb2
 from loadgen.soak.city import (
     NOW_MS,

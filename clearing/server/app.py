@@ -21,22 +21,22 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from clearing import sd_notify
-from clearing.config import Config
 from clearing.limits import GRPC_MESSAGE_BYTES_MAX, HEALTH_NOTICE_SECONDS
-from clearing.metrics import Metrics
-from clearing.server.admin import AdminServicer
-from clearing.server.cards import CardServicer
-from clearing.server.denylist import DenyListServicer
+from clearing.runtime import sd_notify
+from clearing.runtime.config import Config
+from clearing.runtime.metrics import Metrics
+from clearing.runtime.service import Service
+from clearing.runtime.tls import server_tls
+from clearing.server.admin_service import AdminServicer
+from clearing.server.card_service import CardServicer
+from clearing.server.deny_list_service import DenyListServicer
 from clearing.server.draining import STOPPING_MESSAGE, Draining
 from clearing.server.malformed import MalformedRequests
 from clearing.server.observe import ObservedCalls
 from clearing.server.reflection import enable_reflection
-from clearing.server.settlement import SettlementServicer
-from clearing.server.taps import TapServicer
-from clearing.service import Service
+from clearing.server.settlement_service import SettlementServicer
+from clearing.server.tap_service import TapServicer
 from clearing.settlement.runner import Settlements
-from clearing.tls import server_tls
 from clearing.v1 import (
     admin_pb2,
     admin_pb2_grpc,

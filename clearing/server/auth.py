@@ -1,5 +1,5 @@
 """Bearer-token principals and the role matrix (SPEC §9), in one table; under
-mutual TLS, the terminal a client certificate names (``clearing.tls``)."""
+mutual TLS, the terminal a client certificate names (``clearing.runtime.tls``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 
 from clearing.errors import ClearingError, RequestRejected
-from clearing.server.status import to_status
-from clearing.service import Principal, Service
-from clearing.tls import certificate_terminal
+from clearing.runtime.service import Principal, Service
+from clearing.runtime.tls import certificate_terminal
+from clearing.server.grpc_status import to_status
 
 # "Service/Method" -> roles allowed. A method missing here is refused to all.
 METHOD_ROLES: dict[str, frozenset[str]] = {
@@ -87,7 +87,7 @@ def check_certificate(
 ) -> None:
     """A certificate naming a terminal carries that terminal's token only; one
     naming no terminal carries any other token, and a terminal's only when
-    ``[server] tls_terminal_certificate_required`` is off (see clearing.tls)."""
+    ``[server] tls_terminal_certificate_required`` is off (see clearing.runtime.tls)."""
     terminal_id = certificate_terminal(context.auth_context())
     if terminal_id is None:
         if terminal_required and principal.role == "TERMINAL":

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from clearing.errors import RequestRejected
-from clearing.server.status import to_status
+from clearing.server.grpc_status import to_status
 
 STOPPING_MESSAGE = (
     "the server is shutting down: this stream ends here, every request it read was answered "

@@ -22,9 +22,9 @@ from typing import Any
 import grpc
 
 from clearing.errors import ClearingError, RequestRejected
+from clearing.runtime.service import Service
 from clearing.server.auth import authorize, table_method
-from clearing.server.status import to_status
-from clearing.service import Service
+from clearing.server.grpc_status import to_status
 
 # Raises RequestRejected (UNAUTHENTICATED / PERMISSION_DENIED) unless the call's
 # caller may make it; a no-op for methods that take no token.

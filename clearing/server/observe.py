@@ -5,7 +5,7 @@ A unary call's time goes to ``clearing_grpc_server_handling_seconds``; a stream'
 whole life to ``clearing_grpc_server_stream_lifetime_seconds`` (hours for a
 validator's StreamTaps: mixed with unary calls' milliseconds it would make the
 handling percentiles meaningless). StreamTaps observes each batch's handling time
-itself (``clearing.server.taps``).
+itself (``clearing.server.tap_service``).
 
 Refusals are logged at info, failures of ours at warning; successful calls
 only at debug (thousands a second would drown the log).
@@ -22,7 +22,7 @@ import grpc
 import structlog
 
 from clearing.limits import REQUEST_ID_BYTES_MAX
-from clearing.metrics import Metrics
+from clearing.runtime.metrics import Metrics
 
 log = structlog.get_logger("clearing.calls")
 

@@ -13,15 +13,15 @@ from zoneinfo import ZoneInfo
 
 import lmdb
 
-from clearing import entries
-from clearing import tapsum_layout as v
-from clearing.business_day import business_window_ms
-from clearing.entries import Body, DayCloseEntry
+from clearing.core import layouts as v
+from clearing.core.summary import summarise as default_summarise
+from clearing.domain import entries
+from clearing.domain.business_calendar import business_window_ms
+from clearing.domain.entries import Body, DayCloseEntry
 from clearing.errors import SettlementError
-from clearing.journal import Journal
 from clearing.settlement import files
 from clearing.settlement.daybook import DayBook, PartyView
-from clearing.settlement.exceptions import REVIEW, action, exception_rows
+from clearing.settlement.exception_rows import REVIEW, action, exception_rows
 from clearing.settlement.figures import (
     ISSUER_NET_FORMULA,
     Figures,
@@ -30,7 +30,7 @@ from clearing.settlement.figures import (
     issuer_net_terms,
 )
 from clearing.settlement.report import render_report
-from clearing.tapsum import summarise as default_summarise
+from clearing.storage.journal import Journal
 
 
 class DayRequest(NamedTuple):

@@ -1,7 +1,7 @@
 """One pass over a business day's journal entries: the day's raw totals.
 
 Memory grows with terminals, parties and kinds of refusal, never with taps:
-each tap batch is folded into its terminal's summary vector (``clearing.tapsum``)
+each tap batch is folded into its terminal's summary vector (``clearing.core.summary``)
 as it streams past.
 """
 
@@ -11,7 +11,7 @@ from collections import Counter
 from operator import add
 
 from clearing.codes import CardOpStatus
-from clearing.entries import (
+from clearing.domain.entries import (
     Body,
     CardOpEntry,
     ConfigEntry,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from operator import add
 from typing import NamedTuple
 
-from clearing import tapsum_layout as v
-from clearing.entries import DayCloseEntry, PartyRecord
+from clearing.core import layouts as v
+from clearing.domain.entries import DayCloseEntry, PartyRecord
 from clearing.errors import SettlementError
 from clearing.limits import BP_SCALE, INT64_MAX, INT64_MIN
 from clearing.settlement.daybook import DayBook

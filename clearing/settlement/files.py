@@ -15,9 +15,9 @@ from decimal import Decimal
 from operator import add
 from typing import Any
 
-from clearing import tapsum_layout as v
 from clearing.codes import TapStatus
-from clearing.settlement.exceptions import ExceptionRow, action
+from clearing.core import layouts as v
+from clearing.settlement.exception_rows import ExceptionRow, action
 from clearing.settlement.figures import ISSUER_ID, TAP_ROLES, SummaryRow, issuer_direction
 from clearing.settlement.workbook import Sheet, workbook
 

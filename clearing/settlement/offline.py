@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
-from clearing.business_day import parse_business_date
-from clearing.config import Config
+from clearing.domain.business_calendar import parse_business_date
 from clearing.errors import JournalError
-from clearing.service import Service, journal_path
+from clearing.runtime.config import Config
+from clearing.runtime.service import Service
 from clearing.settlement.runner import Settled, Settlements
 from clearing.settlement.text import describe
+from clearing.storage.journal import journal_path
 
 
 async def settle_offline(config: Config, business_date: str) -> str:

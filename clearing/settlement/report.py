@@ -16,7 +16,7 @@ from typing import Any
 from clearing.limits import EXCEPTIONS_SHOWN_MAX, SETTLEMENT_TOP_PARTIES
 from clearing.settlement.chart import svg_chart
 from clearing.settlement.cjk_font import TTF_BASE64
-from clearing.settlement.exceptions import REVIEW, ExceptionRow, action
+from clearing.settlement.exception_rows import REVIEW, ExceptionRow, action
 from clearing.settlement.figures import (
     ISSUER_NET_FORMULA,
     PAYMENTS_NET_FORMULA,

@@ -13,14 +13,14 @@ import os
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from clearing.business_day import parse_business_date
-from clearing.crashpoints import crash_point
-from clearing.entries import SettledEntry
+from clearing.domain.business_calendar import parse_business_date
+from clearing.domain.entries import SettledEntry
 from clearing.errors import RequestRejected
-from clearing.service import Service
+from clearing.runtime.service import Service
 from clearing.settlement.compute import DayRequest, compute_day
 from clearing.settlement.figures import SummaryRow
 from clearing.settlement.publish import load_published, promote, publish, settlement_root, stage
+from clearing.storage.crashpoints import crash_point
 
 
 class Settled(NamedTuple):

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from google.protobuf import message_factory
 
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.server.auth import METHOD_ROLES
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import admin_pb2, cards_pb2, denylist_pb2, settlement_pb2, taps_pb2
 from loadgen.soak.city import NOW_MS, TOKENS, VALIDATOR, VALIDATOR_2, terminal_key, terminal_token
 from loadgen.soak.common import CARDS, journal_last_seq, soak_city

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from clearing import entries
 from clearing.codes import CardOpStatus, ChargedTo, TapStatus
-from clearing.engine import Engine
-from clearing.entries import CardOpEntry, SeedEntry, TapBatchEntry
+from clearing.domain import entries
+from clearing.domain.engine import Engine
+from clearing.domain.entries import CardOpEntry, SeedEntry, TapBatchEntry
 from clearing.errors import JournalError
 from clearing.limits import RESULT_STRUCT, TAP_STRUCT
-from clearing.verify import replayed
+from clearing.storage.verify import replayed
 from loadgen.soak.record import ClientLog, Standing, comparable
 
 VIOLATIONS_KEPT = 20  # enough to see the pattern; the counts say how many

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from clearing.client import Stubs, channel
-from clearing.status import scrape
+from clearing.tools.client import Stubs, channel
+from clearing.tools.server_status import scrape
 from loadgen.check import balances
 from loadgen.soak.audit import Audit
 from loadgen.soak.city import TOKENS, city_dict

@@ -23,11 +23,11 @@ from google.protobuf import descriptor as d
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
-from clearing.client import bearer, channel, unpack_results
 from clearing.codes import ChargedTo, TapStatus
 from clearing.limits import RESULT_BYTES, TAP_BYTES, TAP_STRUCT
 from clearing.server.auth import METHOD_ROLES
-from clearing.server.taps import batch_mac
+from clearing.server.tap_service import batch_mac
+from clearing.tools.client import bearer, channel, unpack_results
 from clearing.v1 import admin_pb2, cards_pb2, denylist_pb2, settlement_pb2, taps_pb2
 
 SC = grpc.StatusCode

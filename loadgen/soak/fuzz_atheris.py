@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from clearing.client import bearer
+from clearing.tools.client import bearer
 from loadgen.soak import fuzz
 from loadgen.soak.fuzz import (
     DEFAULT_SKIP,

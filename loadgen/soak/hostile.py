@@ -12,10 +12,10 @@ import random
 
 import grpc
 
-from clearing.client import Stubs, bearer, channel, unpack_results
 from clearing.codes import ChargedTo, TapStatus
 from clearing.limits import INT64_MAX, INT64_MIN, TAP_STRUCT, UINT64_MAX
-from clearing.server.taps import batch_mac
+from clearing.server.tap_service import batch_mac
+from clearing.tools.client import Stubs, bearer, channel, unpack_results
 from clearing.v1 import taps_pb2
 from loadgen.soak.audit import audit
 from loadgen.soak.city import (

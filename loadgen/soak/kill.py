@@ -1,4 +1,4 @@
-"""kill -9 under load, and deaths at named crash points (``clearing.crashpoints``).
+"""kill -9 under load, and deaths at named crash points (``clearing.storage.crashpoints``).
 
 After every death the journal on disk is audited (what the next start replays),
 the server restarted, and the balances it serves compared with the audit's.
@@ -13,9 +13,9 @@ import random
 import signal
 import time
 
-from clearing.business_day import business_date_of
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
-from clearing.crashpoints import ENV_VAR
+from clearing.domain.business_calendar import business_date_of
+from clearing.storage.crashpoints import ENV_VAR
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import admin_pb2, cards_pb2, settlement_pb2
 from loadgen.soak.audit import audit
 from loadgen.soak.city import NOW_MS, TOKENS, VALIDATOR, VALIDATOR_2, terminal_key, terminal_token

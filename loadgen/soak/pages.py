@@ -66,7 +66,7 @@ def _run_cli(args: list[str], out_path: str, err_path: str) -> int:
         err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        from clearing.cli import app
+        from clearing.tools.cli import app
 
         app(args=args, prog_name="clearing")
     except SystemExit as exc:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from clearing.client import free_port, serve_command, wait_serving
-from clearing.config import dump_config, parse_config
+from clearing.runtime.config import dump_config, parse_config
+from clearing.tools.client import free_port, serve_command, wait_serving
 
 START_SECONDS_MAX = 60.0  # replay of a soak's journal takes a second or two
 STOP_SECONDS_MAX = 30.0  # a graceful stop commits, checkpoints and closes

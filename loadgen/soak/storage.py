@@ -17,8 +17,8 @@ import grpc
 import lmdb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clearing.client import bearer, channel
-from clearing.service import journal_path
+from clearing.storage.journal import journal_path
+from clearing.tools.client import bearer, channel
 from clearing.v1 import cards_pb2, cards_pb2_grpc
 from loadgen.soak.audit import audit
 from loadgen.soak.city import TOKENS

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import grpc
 
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import cards_pb2
 from loadgen.soak.audit import audit
 from loadgen.soak.city import NOW_MS, TOKENS, VALIDATOR, VALIDATOR_2, terminal_key, terminal_token

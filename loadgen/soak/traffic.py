@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from clearing.client import Stubs, bearer, channel, signed_batch, unpack_results
+from clearing.tools.client import Stubs, bearer, channel, signed_batch, unpack_results
 from clearing.v1 import cards_pb2
 from loadgen.soak.city import NOW_MS, TOKENS, VALIDATOR, VALIDATOR_2, terminal_key, terminal_token
 from loadgen.soak.record import ClientLog, Standing, standing_of

@@ -1,0 +1,15 @@
+"""Type stub of the compiled batch summary (ext/clearing/core/_summary.pyx).
+
+Behaviour is defined by the reference twin ``clearing.core.summary_py.summarise``; the
+two must return the same vector, or raise the same exception type.
+"""
+
+SUMMARY_LEN: int
+
+def summarise(
+    packed_taps: bytes,
+    packed_results: bytes,
+    journal_seq: int,
+    window_start_ms: int,
+    utc_offset_ms: int,
+) -> list[int]: ...

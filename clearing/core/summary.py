@@ -1,0 +1,28 @@
+"""Chooses the batch summariser: compiled ``_summary`` or its plain-Python twin.
+
+Follows the ledger core's choice (``CLEARING_CORE``, see ``clearing.core.ledger``).
+"""
+
+from __future__ import annotations
+
+from clearing.core.layouts import SUMMARY_LEN
+from clearing.core.ledger import Ledger
+
+if Ledger.__module__ == "clearing.core._ledger":
+    from clearing.core._summary import summarise
+else:
+    from clearing.core.summary_py import summarise  # type: ignore[assignment]
+
+
+def summariser(name: str):
+    """The ``summarise`` function of one implementation by name (tests run both)."""
+    if name == "python":
+        from clearing.core.summary_py import summarise as py_summarise
+
+        return py_summarise
+    from clearing.core._summary import summarise as c_summarise
+
+    return c_summarise
+
+
+__all__ = ["SUMMARY_LEN", "summarise", "summariser"]
