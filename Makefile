@@ -81,20 +81,27 @@ tools:
 				--no-install-recommends prometheus >/dev/null; \
 		else echo "promtool is not installed (apt-get install prometheus): its checks are skipped" >&2; fi; }
 
+# Lint, types (mypy over the package; stubtest holds the compiled modules' .pyi to what
+# they export), then the whole suite twice: on the compiled core, and on its Python twin
+# (every server the tests start inherits CLEARING_CORE). The layer rules are a test.
 test: $(STAMP) tools
 	@$(BIN)/python -c 'import sys; print("Python", sys.version.split()[0])'
 	$(BIN)/ruff check clearing loadgen benchmarks tests
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest --allowlist clearing/core/stubtest_allowlist.txt clearing.core._ledger clearing.core._summary
 	$(BIN)/python -m pytest -q
+	CLEARING_CORE=python $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check clearing loadgen benchmarks tests
+	$(BIN)/mypy
 	$(BIN)/ruff format --check clearing loadgen benchmarks tests
 
 format: $(STAMP)
 	$(BIN)/ruff format clearing loadgen benchmarks tests
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks -q -p no:randomly --benchmark-only \
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only \
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name -s
 
 # Crash safety and hostile input at full size (20 kills, every crash point, full

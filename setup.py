@@ -67,6 +67,7 @@ extensions = cythonize(
         "initializedcheck": False,
         "overflowcheck": True,  # money never wraps
         "embedsignature": True,
+        "autotestdict": False,  # no __test__ dict of docstrings: nothing runs doctests here
     },
     build_dir="build/cython",
 )

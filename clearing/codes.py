@@ -54,27 +54,6 @@ class CardState(enum.IntEnum):
     CLOSED = 4
 
 
-class Role(enum.IntEnum):
-    """Party roles (SPEC §3)."""
-
-    ISSUER = 1
-    OPERATOR = 2
-    MERCHANT = 3
-    UTILITY = 4
-    AGENT = 5
-    HALL = 6
-
-
-class PrincipalRole(enum.IntEnum):
-    """Caller roles (SPEC §9)."""
-
-    TERMINAL = 1
-    HALL = 2
-    AGENT = 3
-    FINANCE = 4
-    ADMIN = 5
-
-
 STATUS_COUNT = max(TapStatus) + 1  # size of a per-status counter array
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class ClearingError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -43,14 +45,26 @@ class StorageError(ClearingError):
     """Disk or map full, or another storage failure: stop acknowledging work."""
 
 
+class Refusal(enum.Enum):
+    """Why a request is refused: each is the ``grpc.StatusCode`` of the same name
+    (``clearing.server.grpc_status`` maps it), kept here so the layers below the
+    server need not import grpc."""
+
+    INVALID_ARGUMENT = enum.auto()  # the request itself is wrong; resending it is too
+    OUT_OF_RANGE = enum.auto()  # a number outside what the engine can take
+    NOT_FOUND = enum.auto()
+    ALREADY_EXISTS = enum.auto()
+    FAILED_PRECONDITION = enum.auto()  # right request, wrong state: change the state first
+    UNAUTHENTICATED = enum.auto()
+    PERMISSION_DENIED = enum.auto()
+    UNAVAILABLE = enum.auto()  # starting or stopping: retry elsewhere or later
+
+
 class RequestRejected(ClearingError):
-    """An operating error answered with a status code (see ``grpc_errors``).
+    """An operating error answered with a status code (``Refusal``); nothing changed."""
 
-    ``code`` is a ``grpc.StatusCode`` name, kept as text so the core layers do
-    not import grpc.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Refusal, message: str) -> None:
+        assert isinstance(code, Refusal), code
         super().__init__(message)
         self.code = code
         self.message = message

@@ -66,6 +66,9 @@ CARD_HISTORY_ENTRIES_MAX = 1_000  # one dispute screen, not an export
 
 JOURNAL_MAP_SIZE_BYTES_DEFAULT = 64 * 2**30  # sparse on Linux; raise for years of data
 GROUP_COMMIT_ENTRIES_MAX = 256  # bounds one write transaction's size and latency
+# Entries applied but not yet durable: past this the disk has stalled, and new writes are
+# refused (UNAVAILABLE, retry) rather than held in memory without end (up to ~150 MiB here).
+JOURNAL_BACKLOG_ENTRIES_MAX = 4_096
 CHECKPOINT_EVERY_TAPS = 5_000_000  # restart replays at most this many taps (about 2 s here)
 CHECKPOINTS_KEPT = 2  # the newest and one spare, in case the newest is torn
 CHECKPOINT_CHILD_SECONDS_MAX = 300.0  # a checkpoint child slower than this is killed
@@ -95,7 +98,6 @@ GRACE_SECONDS = 10.0  # shutdown: calls in flight get this long to finish
 # Deny list ---------------------------------------------------------------------------
 
 DENY_LIST_CHANGES_KEPT = 100_000  # a validator further behind than this gets the full list
-DENY_LIST_WATCH_QUEUE_MAX = 1_024  # a watcher that lags this far is cut off, then resyncs
 TRANSFER_CHECK_SECONDS = 1.0  # how often the server looks for replacement transfers due
 
 # Settlement ------------------------------------------------------------------------------

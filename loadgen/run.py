@@ -183,14 +183,15 @@ class Runner:
                 if not reply.duplicate:
                     self.tally.top_up(op.card_id, status, op.amount_fen)
                 return
+            other: cards_pb2.ReplaceCardRequest | cards_pb2.CardRequest
             if op.method == "ReplaceCard":
-                request = cards_pb2.ReplaceCardRequest(
+                other = cards_pb2.ReplaceCardRequest(
                     request_id=request_id, card_id=op.card_id, new_card_id=op.new_card_id
                 )
             else:
-                request = cards_pb2.CardRequest(request_id=request_id, card_id=op.card_id)
+                other = cards_pb2.CardRequest(request_id=request_id, card_id=op.card_id)
             call = getattr(cards, op.method)
-            reply = await call(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+            reply = await call(other, metadata=metadata, timeout=CALL_TIMEOUT_S)
             self.tally.card_ops[f"{op.method}:{cards_pb2.CardReply.Status.Name(reply.status)}"] += 1
         except grpc.aio.AioRpcError as exc:  # applied or not: that card's balance is unknown
             self.tally.failed(exc.code().name, 0, exc.details() or "")

@@ -92,6 +92,7 @@ class Session:
             cpu_s = time.process_time() - cpu_before
             served = None
             if self.metrics_url:
+                assert served_before is not None
                 served = (await scrape(self.metrics_url)).minus(served_before)
             after = await balances(stubs, hall_token, cards)
         problems = verdict(tally, served, before, after)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from clearing.domain.business_calendar import parse_business_date
-from clearing.errors import RequestRejected
+from clearing.errors import Refusal, RequestRejected
 from clearing.runtime.config import dump_config
 from clearing.tools.cli import EXIT_FAILED, app
 from clearing.v1 import settlement_pb2
@@ -53,7 +53,7 @@ NEAR_MISSES = (
 def test_only_yyyy_mm_dd_is_a_business_date(text):
     with pytest.raises(RequestRejected) as caught:
         parse_business_date(text)
-    assert caught.value.code == "INVALID_ARGUMENT"
+    assert caught.value.code is Refusal.INVALID_ARGUMENT
     assert "YYYY-MM-DD" in caught.value.message
 
 

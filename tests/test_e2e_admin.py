@@ -157,11 +157,11 @@ async def test_a_huge_echoed_input_is_cut_not_turned_into_another_status(harness
 
 def test_a_long_refusal_is_cut_at_the_details_limit():
     """Whatever a refusal quotes, its details stay under gRPC's trailer limit."""
-    from clearing.errors import RequestRejected
+    from clearing.errors import Refusal, RequestRejected
     from clearing.limits import STATUS_DETAILS_CHARS_MAX
     from clearing.server.grpc_status import to_status
 
-    code, details = to_status(RequestRejected("NOT_FOUND", "no card " + "9" * 300_000))
+    code, details = to_status(RequestRejected(Refusal.NOT_FOUND, "no card " + "9" * 300_000))
     assert code == grpc.StatusCode.NOT_FOUND
     assert details == ("no card " + "9" * 300_000)[:STATUS_DETAILS_CHARS_MAX] + "… (cut)"
 

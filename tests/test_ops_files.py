@@ -24,9 +24,9 @@ OPS = Path(__file__).resolve().parent.parent / "ops"
 DASHBOARD = OPS / "grafana-dashboard.json"
 ALERTS = OPS / "alerts.yml"
 PROMETHEUS = OPS / "prometheus.yml"
-UNIT = OPS / "clearing.runtime.service"
+UNIT = OPS / "clearing.service"
 RUNBOOK = OPS / "RUNBOOK.md"
-# alerts.yml's runbook_url base: the runbook of an install (ops/clearing.runtime.service's /opt/clearing).
+# alerts.yml's runbook_url base: the runbook of an install (ops/clearing.service's /opt/clearing).
 RUNBOOK_URL = "file:///opt/clearing/ops/RUNBOOK.md"
 
 # Series Prometheus itself makes, not the server.
@@ -285,7 +285,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     # The binary and the user do not exist here: point ExecStart at one that does.
-    unit = tmp_path / "clearing.runtime.service"
+    unit = tmp_path / "clearing.service"
     unit.write_text(UNIT.read_text().replace("/opt/clearing/.venv/bin/clearing", "/bin/true"))
     run = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60

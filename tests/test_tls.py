@@ -18,7 +18,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clearing.errors import ConfigError, RequestRejected
+from clearing.errors import ConfigError, Refusal, RequestRejected
 from clearing.runtime.config import dump_config, load_config, parse_config
 from clearing.runtime.tls import ClientTls, certificate_terminal
 from clearing.server.app import Server
@@ -223,7 +223,7 @@ def test_certificate_names_are_read_strictly():
     for bad in (b"terminal-0101", b"terminal-", b"terminal-1x", b"Terminal-99999999999"):
         with pytest.raises(RequestRejected) as info:
             named(bad)
-        assert info.value.code == "PERMISSION_DENIED"
+        assert info.value.code is Refusal.PERMISSION_DENIED
 
 
 # Configuration -------------------------------------------------------------------------------

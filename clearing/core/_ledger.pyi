@@ -6,8 +6,11 @@ must agree result for result.
 
 from collections.abc import Sequence
 
+from typing import final
+
 IMPLEMENTATION: str
 
+@final  # Python cannot subclass it ("not an acceptable base type")
 class Ledger:
     implementation: str
     def __init__(self) -> None: ...

@@ -4,6 +4,8 @@ so that readers depend on the layout and not on either twin."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from clearing.codes import STATUS_COUNT, TapStatus
 from clearing.limits import LATE_DAY_BINS
 
@@ -29,7 +31,7 @@ SUMMARY_LEN = LATE_DAYS + LATE_DAY_BINS
 STATUS_LABELS = ("DUPLICATE", *(s.name for s in sorted(TapStatus)))
 
 
-def status_counts(summary: list[int]) -> list[int]:
+def status_counts(summary: Sequence[int]) -> list[int]:
     """Taps of a summary vector by ``STATUS_LABELS``."""
     fresh = [
         summary[OK_COUNT] if s == TapStatus.OK else summary[REJECTED + s] for s in sorted(TapStatus)

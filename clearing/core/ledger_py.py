@@ -16,11 +16,10 @@ import pickle
 from collections.abc import Sequence
 
 from clearing.codes import CardState, ChargedTo, TapStatus, TerminalClass
+from clearing.core.money import checked_fen, half_up
 from clearing.core.terminal_gaps import GapSet
 from clearing.limits import (
     BP_SCALE,
-    INT64_MAX,
-    INT64_MIN,
     RESULT_BYTES,
     RESULT_STRUCT,
     TAP_BYTES,
@@ -32,20 +31,6 @@ IMPLEMENTATION = "python"
 _Tap = tuple[int, int, int, int, int]  # card_id, terminal_seq, amount, occurred_at, route
 _Result = tuple[int, int, int, int, int, int, int]  # as limits.RESULT_STRUCT
 _NO_RULE_BP = BP_SCALE  # a merchant without a rule gives no discount
-_HALF_BP = BP_SCALE // 2
-
-
-def _checked(value: int) -> int:
-    """Money never wraps: anything outside int64 is an error, not a number."""
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise OverflowError(f"int64 overflow in money arithmetic: {value}")
-    return value
-
-
-def half_up(amount_fen: int, rate_bp: int) -> int:
-    """SPEC §2: ``(x * bp + 5000) // 10000`` for x >= 0."""
-    assert amount_fen >= 0 and rate_bp >= 0
-    return _checked(_checked(_checked(amount_fen * rate_bp) + _HALF_BP) // BP_SCALE)
 
 
 class _Card:
@@ -71,8 +56,22 @@ class _Card:
         self.has_last_ride = False
 
 
+# What ``configure`` sets: a snapshot carries it, as the compiled core's does.
+_SETTINGS = (
+    "_max_tap_fen", "_max_late_ms", "_max_clock_skew_ms", "_transfer_window_ms",
+    "_transfer_discount_fen", "_liability_window_ms", "_concession_bp", "_seq_ahead_max",
+)  # fmt: skip
+
+
 class Ledger:
-    """In-memory ledger state and the batch rating engine (reference version)."""
+    """In-memory ledger state and the batch rating engine (reference version).
+
+    Its snapshot is a pickle of plain data (no class of this package, so a renamed
+    module still restores it) holding the same state as the compiled core's raw memory:
+    cards, tap records, terminals, merchant rules, card histories, the boarding
+    minimum and the ``configure`` settings; like it, bytes are deterministic (a
+    restored twin snapshots to the same bytes). The two formats differ and do not
+    cross: a checkpoint records which implementation wrote it."""
 
     implementation = IMPLEMENTATION
 
@@ -166,7 +165,7 @@ class Ledger:
 
     def adjust_balance(self, card_id: int, delta_fen: int) -> int:
         c = self._cards[card_id]
-        c.balance_fen = _checked(c.balance_fen + delta_fen)
+        c.balance_fen = checked_fen(c.balance_fen + delta_fen)
         return c.balance_fen
 
     def set_card_state(self, card_id: int, state: int, blocked_at_ms: int) -> None:
@@ -185,7 +184,7 @@ class Ledger:
         return len(self._cards)
 
     def total_balance_fen(self) -> int:
-        return _checked(sum(c.balance_fen for c in self._cards.values()))
+        return checked_fen(sum(c.balance_fen for c in self._cards.values()))
 
     # Terminals ---------------------------------------------------------------
 
@@ -212,7 +211,7 @@ class Ledger:
         terminal_seq, list_amount_fen, occurred_at_ms, status, charged_to, charged_fen,
         balance_after_fen)."""
         keys = self._card_taps.get(card_id, [])[::-1][:limit]
-        out = []
+        out: list[tuple[int, ...]] = []
         for key in keys:
             _, amount, occurred, _, status, charged_to, charged, balance, jseq = self._taps[key]
             out.append((jseq, *key, amount, occurred, status, charged_to, charged, balance))
@@ -321,7 +320,7 @@ class Ledger:
 
     def _charge(self, card_id: int, card: _Card, charged: int) -> None:
         before = card.balance_fen
-        card.balance_fen = _checked(before - charged)
+        card.balance_fen = checked_fen(before - charged)
         floor = self._min_boarding_balance_fen
         if before >= floor > card.balance_fen:
             self._crossings.append(card_id)
@@ -332,15 +331,15 @@ class Ledger:
         """A validator records a ride that happened: always OK (SPEC §5 rule 8)."""
         charged = half_up(amount, self._concession_bp[card.card_type])
         if card.has_last_ride and card.last_route_id != route:
-            gap_ms = _checked(occurred - card.last_occurred_at_ms)
+            gap_ms = checked_fen(occurred - card.last_occurred_at_ms)
             if 0 <= gap_ms <= self._transfer_window_ms:
-                charged = max(0, _checked(charged - self._transfer_discount_fen))
+                charged = max(0, checked_fen(charged - self._transfer_discount_fen))
         to_card = card.state == CardState.ACTIVE or (
             card.state == CardState.LOST
-            and occurred < _checked(card.blocked_at_ms + self._liability_window_ms)
+            and occurred < checked_fen(card.blocked_at_ms + self._liability_window_ms)
         )
         if to_card:
-            _checked(card.balance_fen - charged)  # raise before anything changes
+            checked_fen(card.balance_fen - charged)  # raise before anything changes
         card.has_last_ride = True
         card.last_route_id = route
         card.last_occurred_at_ms = occurred
@@ -380,12 +379,17 @@ class Ledger:
             self._rules,
             self._card_taps,
             self._min_boarding_balance_fen,
+            {name: getattr(self, name) for name in _SETTINGS if hasattr(self, name)},
         )
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, blob: bytes) -> None:
-        cards, self._taps, self._terminals, self._rules, self._card_taps, floor = pickle.loads(blob)
+        cards, self._taps, self._terminals, self._rules, self._card_taps, floor, settings = (
+            pickle.loads(blob)
+        )
         self._min_boarding_balance_fen = floor
+        for name, value in settings.items():
+            setattr(self, name, value)
         self._cards = {}
         for cid, fields in cards.items():
             c = _Card(0, 0)

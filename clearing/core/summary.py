@@ -5,16 +5,18 @@ Follows the ledger core's choice (``CLEARING_CORE``, see ``clearing.core.ledger`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from clearing.core.layouts import SUMMARY_LEN
 from clearing.core.ledger import Ledger
 
 if Ledger.__module__ == "clearing.core._ledger":
     from clearing.core._summary import summarise
 else:
-    from clearing.core.summary_py import summarise  # type: ignore[assignment]
+    from clearing.core.summary_py import summarise
 
 
-def summariser(name: str):
+def summariser(name: str) -> Callable[[bytes, bytes, int, int, int], list[int]]:
     """The ``summarise`` function of one implementation by name (tests run both)."""
     if name == "python":
         from clearing.core.summary_py import summarise as py_summarise

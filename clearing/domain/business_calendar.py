@@ -10,7 +10,7 @@ import datetime as dt
 import re
 from zoneinfo import ZoneInfo
 
-from clearing.errors import RequestRejected
+from clearing.errors import Refusal, RequestRejected
 from clearing.limits import QUOTED_INPUT_CHARS_MAX
 
 # Exactly YYYY-MM-DD in ASCII digits. date.fromisoformat alone is too lenient
@@ -30,7 +30,7 @@ def parse_business_date(text: str) -> dt.date:
         cut = len(text) > QUOTED_INPUT_CHARS_MAX
         quoted = repr(text[:QUOTED_INPUT_CHARS_MAX]) + ("…" if cut else "")
         raise RequestRejected(
-            "INVALID_ARGUMENT",
+            Refusal.INVALID_ARGUMENT,
             f"business date {quoted} is not a date written YYYY-MM-DD (like 2026-11-21): {exc}",
         ) from exc
 

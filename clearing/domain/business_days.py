@@ -104,7 +104,7 @@ class BusinessDays:
 
     def restore(self, state: DaysState) -> None:
         self.open_date, self.open_until_ms = state.open_date, state.open_until_ms
-        self.settled = {date: tuple(found) for date, found in state.settled.items()}
+        self.settled = {date: (found[0], found[1]) for date, found in state.settled.items()}
         self.first_date, self.closes = state.first_date, dict(state.closes)
 
     def next_event_ms(self) -> int | None:

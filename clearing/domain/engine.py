@@ -36,7 +36,7 @@ from clearing.domain.entries import (
     TransferEntry,
 )
 from clearing.domain.registry import Registry
-from clearing.errors import JournalCorrupt, RequestRejected
+from clearing.errors import JournalCorrupt, Refusal, RequestRejected
 from clearing.limits import REQUEST_ID_BYTES_MAX, TAP_BYTES
 
 # Demo seeding: card types in the city's shares (of 100 cards).
@@ -349,16 +349,16 @@ def _check_request(request_id: str, req: CardRequest) -> None:
     """Malformed requests are refused before anything is journaled."""
     if not request_id or len(request_id.encode()) > REQUEST_ID_BYTES_MAX:
         raise RequestRejected(
-            "INVALID_ARGUMENT", f"request_id must be 1..{REQUEST_ID_BYTES_MAX} bytes (a UUID)"
+            Refusal.INVALID_ARGUMENT, f"request_id must be 1..{REQUEST_ID_BYTES_MAX} bytes (a UUID)"
         )
     if req.card_id == 0 or (req.method == "ReplaceCard" and req.args[0] == 0):
         raise RequestRejected(
-            "INVALID_ARGUMENT", "card ids start at 1 (0 means the field is missing)"
+            Refusal.INVALID_ARGUMENT, "card ids start at 1 (0 means the field is missing)"
         )
     operation = card_operations.OPERATIONS.get(req.method)
     assert operation is not None, f"unknown card method {req.method}"
     assert len(req.args) == operation[1]
     if req.method == "IssueCard" and req.args[0] not in card_operations.CARD_TYPES:
         raise RequestRejected(
-            "INVALID_ARGUMENT", "card_type must be ADULT, STUDENT, ELDERLY or DISABLED"
+            Refusal.INVALID_ARGUMENT, "card_type must be ADULT, STUDENT, ELDERLY or DISABLED"
         )

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -49,7 +50,9 @@ def _mask(key: str, value: Any) -> Any:
     return value
 
 
-def mask_cards(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def mask_cards(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: card fields masked, card numbers in text masked too."""
     for key, value in list(event.items()):
         event[key] = _mask(key, value)

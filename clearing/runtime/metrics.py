@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import IO, Any, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import structlog
@@ -270,10 +270,16 @@ class _MetricsRequest(WSGIRequestHandler):
         if not self.parse_request():  # it answered 400 / 431 / 505 itself
             return
         scrape = _Scrape(
-            self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=False
+            cast(IO[bytes], self.rfile),
+            cast(IO[bytes], self.wfile),
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
         )
-        scrape.request_handler = self  # wsgiref logs the request through it
-        scrape.run(self.server.get_app())
+        scrape.request_handler = self  # type: ignore[attr-defined]  # wsgiref logs through it
+        app = cast(WSGIServer, self.server).get_app()
+        assert app is not None  # set in MetricsServer.__init__
+        scrape.run(app)
 
     def log_message(self, format: str, *args: Any) -> None:
         text = (format % args)[:METRICS_LOGGED_TEXT_CHARS_MAX]
@@ -342,7 +348,7 @@ class MetricsHttpServer(ThreadingMixIn, WSGIServer):
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         self.address_family = family
-        super().__init__((address[0], port), _MetricsRequest)
+        super().__init__((str(address[0]), port), _MetricsRequest)
         self.set_app(probes_app(make_wsgi_app(registry), not_ready, scrapable))
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -8,7 +8,6 @@ returned only after the journal's writer thread has committed its entry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import NamedTuple
 
 import structlog
@@ -16,20 +15,21 @@ import structlog
 from clearing.codes import CardOpStatus
 from clearing.core.ledger import Ledger
 from clearing.core.summary import summarise
-from clearing.domain import entries
 from clearing.domain.card_operations import CardRequest
 from clearing.domain.deny_list import Change
 from clearing.domain.engine import CardAnswer, Engine
 from clearing.domain.entries import Body, Envelope, SeedEntry, TapBatchEntry, token_digest
-from clearing.errors import ClearingError, JournalCorrupt, RequestRejected, StorageError
+from clearing.errors import ClearingError, Refusal, RequestRejected, StorageError
 from clearing.limits import (
     GAP_RANGES_MAX,
+    JOURNAL_BACKLOG_ENTRIES_MAX,
     RESULT_STRUCT,
     TRANSFER_CHECK_SECONDS,
 )
 from clearing.runtime.clock import ManualClock, SystemClock
 from clearing.runtime.config import Config
 from clearing.runtime.config_entry import config_entry
+from clearing.runtime.startup import load_engine
 from clearing.storage.checkpoints import forked_builder
 from clearing.storage.journal import Journal, journal_path
 
@@ -51,41 +51,6 @@ class TerminalStatus(NamedTuple):
     gap_count: int
     gaps: list[tuple[int, int]]
     gaps_truncated: bool
-
-
-def load_engine(journal: Journal, new_engine: Callable[[], Engine]) -> tuple[Engine, int]:
-    """Rebuild an engine from the newest usable checkpoint and the journal.
-
-    Verifies the whole hash chain; returns the engine and the entries replayed.
-    A checkpoint that cannot be restored only costs a full replay.
-    """
-    engine = new_engine()
-    cp = journal.latest_checkpoint()
-    if cp is not None and journal.chain_hash_at(cp.seq) != cp.chain_hash:
-        log.warning("checkpoint of another journal: full replay", seq=cp.seq)
-        cp = None
-    base = 0
-    if cp is not None:
-        try:
-            base = cp.seq if engine.restore(cp) else 0
-        except Exception as exc:  # e.g. written by another version of the core
-            log.warning("checkpoint unusable: full replay", seq=cp.seq, reason=repr(exc))
-            engine, cp = new_engine(), None
-    replayed = 0
-    for seq, value, chain in journal.verified_scan():
-        if seq == base and cp is not None and chain != cp.chain_hash:
-            raise JournalCorrupt(seq, "the checkpoint does not belong to this journal")
-        if seq > base:
-            try:
-                engine.replay(entries.decode(value))
-            except ClearingError:
-                raise
-            except Exception as exc:  # an entry the engine cannot take is damage too
-                raise JournalCorrupt(seq, f"replay failed ({exc!r})") from exc
-            replayed += 1
-    if engine.last_seq != journal.last_seq:
-        raise JournalCorrupt(journal.last_seq, f"checkpoint at {base} is beyond the journal")
-    return engine, replayed
 
 
 class Service:
@@ -220,7 +185,15 @@ class Service:
         if self.journal.failure is not None:
             raise StorageError(self.journal.failure)
         if not self.serving:
-            raise RequestRejected("UNAVAILABLE", "the server is not serving (starting or stopping)")
+            raise RequestRejected(
+                Refusal.UNAVAILABLE, "the server is not serving (starting or stopping)"
+            )
+        if self.journal.backlog_entries >= JOURNAL_BACKLOG_ENTRIES_MAX:
+            raise RequestRejected(
+                Refusal.UNAVAILABLE,
+                f"the journal's disk is {self.journal.backlog_entries} entries behind: "
+                "nothing was applied, retry shortly",
+            )
         now_ms = self.clock.now_ms()
         if self.engine.book.pending or self.engine.day_close_due(now_ms):
             self.catch_up(now_ms)
@@ -351,7 +324,7 @@ class Service:
         """Wait until the durable version passes ``version``; the changes up to it."""
         while self._deny_durable_version <= version:
             if not self.serving:
-                raise RequestRejected("UNAVAILABLE", "the server is stopping")
+                raise RequestRejected(Refusal.UNAVAILABLE, "the server is stopping")
             changed = self._deny_changed
             try:
                 await asyncio.wait_for(changed.wait(), TRANSFER_CHECK_SECONDS)

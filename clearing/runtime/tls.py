@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clearing.errors import ConfigError, RequestRejected
+from clearing.errors import ConfigError, Refusal, RequestRejected
 from clearing.limits import TLS_FILE_BYTES_MAX, UINT32_MAX
 
 if TYPE_CHECKING:  # loading a configuration (offline tools too) must not import grpc
@@ -180,14 +180,14 @@ def certificate_terminal(auth_context: Mapping[str, Sequence[bytes]]) -> int | N
             match = _TERMINAL_NAME.fullmatch(name)
             if match is None or int(match.group(1)) > UINT32_MAX:
                 raise RequestRejected(
-                    "PERMISSION_DENIED",
+                    Refusal.PERMISSION_DENIED,
                     f"the client certificate names {name[:80]!r}: not a terminal identity "
                     f"({TERMINAL_NAME_PREFIX}<id>, id 1..{UINT32_MAX})",
                 )
             found.add(int(match.group(1)))
     if len(found) > 1:
         raise RequestRejected(
-            "PERMISSION_DENIED",
+            Refusal.PERMISSION_DENIED,
             f"the client certificate names several terminals {sorted(found)}: it must name one",
         )
     return found.pop() if found else None

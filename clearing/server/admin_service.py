@@ -14,7 +14,7 @@ from clearing.domain.entries import (
     TerminalRecord,
     token_digest,
 )
-from clearing.errors import ConfigError, RequestRejected
+from clearing.errors import ConfigError, Refusal, RequestRejected
 from clearing.limits import BP_MAX, MANUAL_CLOCK_STEP_MS_MAX, MS_PER_DAY
 from clearing.runtime.config import (
     MERCHANT_DISCOUNT_BP_MIN,
@@ -32,7 +32,7 @@ def _convert(kind: type, fields: dict, what: str):
     try:
         return msgspec.convert(fields, kind)
     except msgspec.ValidationError as exc:
-        raise RequestRejected("INVALID_ARGUMENT", f"{what}: {exc}") from exc
+        raise RequestRejected(Refusal.INVALID_ARGUMENT, f"{what}: {exc}") from exc
 
 
 def _admin_reply(envelope) -> admin_pb2.AdminReply:
@@ -46,7 +46,7 @@ def _enum_name(enum, value: int, field: str) -> str:
         return enum.Name(value)
     except ValueError:
         raise RequestRejected(
-            "INVALID_ARGUMENT", f"{field} {value} is not one of {', '.join(enum.keys()[1:])}"
+            Refusal.INVALID_ARGUMENT, f"{field} {value} is not one of {', '.join(enum.keys()[1:])}"
         ) from None
 
 
@@ -76,7 +76,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         validate_parties([party], "UpsertParty")
         old = self._registry.parties.get(party.id)
         if old is not None and old.role != party.role:
-            raise RequestRejected("FAILED_PRECONDITION", f"party {party.id} is a {old.role}")
+            raise RequestRejected(Refusal.FAILED_PRECONDITION, f"party {party.id} is a {old.role}")
         record = PartyRecord(
             party.id,
             party.role,
@@ -126,7 +126,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         validate_terminals([terminal], roles, "UpsertTerminal")
         holder = self.service.principal(terminal.token)
         if holder is not None and holder.terminal_id != terminal.id:
-            raise RequestRejected("ALREADY_EXISTS", "that token belongs to another principal")
+            raise RequestRejected(Refusal.ALREADY_EXISTS, "that token belongs to another principal")
         record = TerminalRecord(
             terminal.id,
             terminal.terminal_class,
@@ -155,7 +155,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AddMerchantRule(self, request, context, principal):
         party = self._registry.parties.get(request.party_id)
         if party is None or party.role != "MERCHANT":
-            raise RequestRejected("NOT_FOUND", f"no merchant {request.party_id!r}")
+            raise RequestRejected(Refusal.NOT_FOUND, f"no merchant {request.party_id!r}")
         if not MERCHANT_DISCOUNT_BP_MIN <= request.discount_bp <= BP_MAX:
             raise ConfigError(f"discount_bp must be in {MERCHANT_DISCOUNT_BP_MIN}..{BP_MAX}")
         if request.effective_from_ms < 0:
@@ -200,7 +200,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetTerminalStatus(self, request, context, principal):
         status = await self.service.terminal_status(request.terminal_id)
         if status is None:
-            raise RequestRejected("NOT_FOUND", f"no terminal {request.terminal_id}")
+            raise RequestRejected(Refusal.NOT_FOUND, f"no terminal {request.terminal_id}")
         return admin_pb2.TerminalStatus(
             terminal_id=status.terminal_id,
             terminal_class=admin_pb2.TerminalClass.Value(status.terminal_class),
@@ -217,12 +217,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         clock = self.service.clock
         if not clock.manual:
             raise RequestRejected(
-                "FAILED_PRECONDITION", "SetClock needs [server] manual_clock = true (testing only)"
+                Refusal.FAILED_PRECONDITION,
+                "SetClock needs [server] manual_clock = true (testing only)",
             )
         ahead_ms = request.now_ms - clock.now_ms()
         if request.now_ms <= 0 or ahead_ms > MANUAL_CLOCK_STEP_MS_MAX:
             raise RequestRejected(
-                "INVALID_ARGUMENT",
+                Refusal.INVALID_ARGUMENT,
                 f"now_ms {request.now_ms} must be positive and at most "
                 f"{MANUAL_CLOCK_STEP_MS_MAX // MS_PER_DAY} days ahead of the clock "
                 f"({clock.now_ms()}): every day passed is journaled",

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from clearing.errors import ClearingError, RequestRejected
+from clearing.errors import ClearingError, Refusal, RequestRejected
 from clearing.runtime.service import Principal, Service
 from clearing.runtime.tls import certificate_terminal
 from clearing.server.grpc_status import to_status
@@ -70,15 +70,19 @@ def authorize(service: Service, context: grpc.aio.ServicerContext, method: str) 
     """The caller's principal, or a rejection: UNAUTHENTICATED / PERMISSION_DENIED."""
     token = bearer_token(context)
     if not token:
-        raise RequestRejected("UNAUTHENTICATED", "missing 'authorization: Bearer <token>' metadata")
+        raise RequestRejected(
+            Refusal.UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata"
+        )
     principal = service.principal(token)
     if principal is None:
-        raise RequestRejected("UNAUTHENTICATED", "unknown bearer token")
+        raise RequestRejected(Refusal.UNAUTHENTICATED, "unknown bearer token")
     server = service.config.server
     if server.tls_client_ca_file:  # only mutual TLS has client certificates
         check_certificate(principal, context, server.tls_terminal_certificate_required)
     if principal.role not in METHOD_ROLES.get(method, frozenset()):
-        raise RequestRejected("PERMISSION_DENIED", f"role {principal.role} may not call {method}")
+        raise RequestRejected(
+            Refusal.PERMISSION_DENIED, f"role {principal.role} may not call {method}"
+        )
     return principal
 
 
@@ -92,20 +96,20 @@ def check_certificate(
     if terminal_id is None:
         if terminal_required and principal.role == "TERMINAL":
             raise RequestRejected(
-                "PERMISSION_DENIED",
+                Refusal.PERMISSION_DENIED,
                 f"terminal {principal.terminal_id}'s token needs its own client certificate "
                 f"(subject CN or SAN terminal-{principal.terminal_id})",
             )
         return
     if principal.role != "TERMINAL":
         raise RequestRejected(
-            "PERMISSION_DENIED",
+            Refusal.PERMISSION_DENIED,
             f"the client certificate is terminal {terminal_id}'s: "
             f"it may not carry a {principal.role} token",
         )
     if principal.terminal_id != terminal_id:
         raise RequestRejected(
-            "PERMISSION_DENIED",
+            Refusal.PERMISSION_DENIED,
             f"the bearer token is terminal {principal.terminal_id}'s, "
             f"the client certificate terminal {terminal_id}'s",
         )

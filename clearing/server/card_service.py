@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from clearing.codes import CardOpStatus, ChargedTo, TapStatus
 from clearing.domain.card_book import CardBook
 from clearing.domain.card_operations import masked
 from clearing.domain.engine import CardAnswer
 from clearing.domain.entries import CardOpEntry, TransferEntry
-from clearing.errors import RequestRejected
+from clearing.errors import Refusal, RequestRejected
 from clearing.limits import CARD_HISTORY_ENTRIES_MAX
 from clearing.runtime.service import Principal, Service
 from clearing.server.auth import rpc
@@ -24,8 +26,8 @@ def card_message(
     state, card_type, balance_fen, deposit_fen, blocked_at_ms = card
     message = cards_pb2.Card(
         card_id=card_id,
-        card_type=card_type,
-        state=state,
+        card_type=cast("cards_pb2.CardType", card_type),  # the proto's numbers (codes.py)
+        state=cast("cards_pb2.CardState", state),
         balance_fen=balance_fen,
         deposit_fen=deposit_fen,
         blocked_at_ms=blocked_at_ms,
@@ -42,7 +44,7 @@ def card_reply(
     request_id: str, card_id: int, answer: CardAnswer, duplicate: bool, book: CardBook
 ) -> cards_pb2.CardReply:
     return cards_pb2.CardReply(
-        status=answer.status,
+        status=cast("cards_pb2.CardReply.Status", answer.status),
         message=answer.message,
         card=card_message(card_id, answer.card, book),
         journal_seq=answer.journal_seq,
@@ -97,10 +99,10 @@ class CardServicer(cards_pb2_grpc.CardServiceServicer):
         limit = request.limit or CARD_HISTORY_ENTRIES_DEFAULT
         if limit > CARD_HISTORY_ENTRIES_MAX:
             raise RequestRejected(
-                "INVALID_ARGUMENT", f"limit must be at most {CARD_HISTORY_ENTRIES_MAX}"
+                Refusal.INVALID_ARGUMENT, f"limit must be at most {CARD_HISTORY_ENTRIES_MAX}"
             )
         if await self.service.get_card(request.card_id) is None:
-            raise RequestRejected("NOT_FOUND", f"no card {masked(request.card_id)}")
+            raise RequestRejected(Refusal.NOT_FOUND, f"no card {masked(request.card_id)}")
         items = await self.service.card_history(request.card_id, limit)
         return cards_pb2.CardHistory(
             card_id=request.card_id,
@@ -142,5 +144,5 @@ class CardServicer(cards_pb2_grpc.CardServiceServicer):
     async def GetCard(self, request, context, principal):
         card = await self.service.get_card(request.card_id)
         if card is None:
-            raise RequestRejected("NOT_FOUND", f"no card {masked(request.card_id)}")
+            raise RequestRejected(Refusal.NOT_FOUND, f"no card {masked(request.card_id)}")
         return card_message(request.card_id, card, self.service.engine.book)

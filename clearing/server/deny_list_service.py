@@ -50,6 +50,7 @@ class DenyListServicer(denylist_pb2_grpc.DenyListServiceServicer):
     async def _answer(self, since_version: int) -> denylist_pb2.DenyList:
         version, changes, entries = await self.service.deny_list(since_version)
         if changes is None:
+            assert entries is not None  # the service gives the full list when no delta will do
             return self._full_list(version, entries)
         return add_changes(denylist_pb2.DenyList(version=version), changes)
 

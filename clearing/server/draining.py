@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from clearing.errors import RequestRejected
+from clearing.errors import Refusal, RequestRejected
 from clearing.server.grpc_status import to_status
 
 STOPPING_MESSAGE = (
@@ -103,13 +103,14 @@ class Draining(grpc.aio.ServerInterceptor):
                     return
                 except asyncio.CancelledError:
                     # Ours (stop()) becomes the refusal; anyone else's stands.
+                    assert stream.task is not None  # set before the stream's first item
                     if not stream.cut or stream.task.uncancel() > 0:
                         raise
                     break
                 finally:
                     stream.task = None
                 yield item
-            raise RequestRejected("UNAVAILABLE", STOPPING_MESSAGE)
+            raise RequestRejected(Refusal.UNAVAILABLE, STOPPING_MESSAGE)
         finally:
             self._streams.discard(stream)
 

@@ -24,7 +24,7 @@ def to_status(exc: ClearingError) -> tuple[grpc.StatusCode, str]:
 
 def _status(exc: ClearingError) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RequestRejected):
-        return grpc.StatusCode[exc.code], exc.message
+        return grpc.StatusCode[exc.code.name], exc.message
     if isinstance(exc, ConfigError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, StorageError):

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from clearing.errors import ClearingError, RequestRejected
+from clearing.errors import ClearingError, Refusal, RequestRejected
 from clearing.runtime.service import Service
 from clearing.server.auth import authorize, table_method
 from clearing.server.grpc_status import to_status
@@ -36,7 +36,9 @@ class Malformed:
         self.reason = reason
 
     def rejection(self) -> RequestRejected:
-        return RequestRejected("INVALID_ARGUMENT", f"malformed request message: {self.reason}")
+        return RequestRejected(
+            Refusal.INVALID_ARGUMENT, f"malformed request message: {self.reason}"
+        )
 
 
 def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from clearing.errors import ClearingError, RequestRejected
+from clearing.errors import ClearingError, Refusal, RequestRejected
 from clearing.limits import (
     RESULT_STRUCT,
     STREAM_BATCHES_IN_FLIGHT_MAX,
@@ -27,12 +27,12 @@ from clearing.v1 import taps_pb2, taps_pb2_grpc
 def canonical_taps(batch: taps_pb2.TapBatch, max_batch_taps: int) -> bytes:
     """The batch's SPEC §9 canonical tap bytes, or INVALID_ARGUMENT."""
     if batch.taps and batch.packed_taps:
-        raise RequestRejected("INVALID_ARGUMENT", "send either taps or packed_taps, not both")
+        raise RequestRejected(Refusal.INVALID_ARGUMENT, "send either taps or packed_taps, not both")
     if batch.packed_taps:
         packed = batch.packed_taps
         if len(packed) % TAP_BYTES:
             raise RequestRejected(
-                "INVALID_ARGUMENT",
+                Refusal.INVALID_ARGUMENT,
                 f"packed_taps is {len(packed)} bytes, not a multiple of {TAP_BYTES}",
             )
     else:
@@ -44,14 +44,17 @@ def canonical_taps(batch: taps_pb2.TapBatch, max_batch_taps: int) -> bytes:
         )
     count = len(packed) // TAP_BYTES
     if count == 0:
-        raise RequestRejected("INVALID_ARGUMENT", "empty batch: no taps")
+        raise RequestRejected(Refusal.INVALID_ARGUMENT, "empty batch: no taps")
     if count > max_batch_taps:
         raise RequestRejected(
-            "INVALID_ARGUMENT", f"batch of {count} taps is over max_batch_taps {max_batch_taps}"
+            Refusal.INVALID_ARGUMENT,
+            f"batch of {count} taps is over max_batch_taps {max_batch_taps}",
         )
     bad = Service.first_invalid_tap(packed)
     if bad >= 0:
-        raise RequestRejected("INVALID_ARGUMENT", f"tap {bad}: terminal_seq must be 1 or more")
+        raise RequestRejected(
+            Refusal.INVALID_ARGUMENT, f"tap {bad}: terminal_seq must be 1 or more"
+        )
     return packed
 
 
@@ -92,17 +95,19 @@ class TapServicer(taps_pb2_grpc.TapServiceServicer):
         """Check one batch before anything is applied; return its canonical taps."""
         if batch.terminal_id != principal.terminal_id:
             raise RequestRejected(
-                "PERMISSION_DENIED",
+                Refusal.PERMISSION_DENIED,
                 f"terminal {principal.terminal_id} may only submit its own taps, "
                 f"not terminal {batch.terminal_id}'s",
             )
         terminal = self.service.engine.registry.terminals.get(batch.terminal_id)
         if terminal is None:
-            raise RequestRejected("PERMISSION_DENIED", f"unknown terminal {batch.terminal_id}")
+            raise RequestRejected(
+                Refusal.PERMISSION_DENIED, f"unknown terminal {batch.terminal_id}"
+            )
         packed = canonical_taps(batch, self.service.engine.registry.limit("max_batch_taps"))
         expected = batch_mac(terminal.key, batch.terminal_id, packed)
         if not hmac.compare_digest(expected, batch.mac):
-            raise RequestRejected("UNAUTHENTICATED", "bad batch MAC: nothing was applied")
+            raise RequestRejected(Refusal.UNAUTHENTICATED, "bad batch MAC: nothing was applied")
         return packed
 
     def _reply(self, batch: taps_pb2.TapBatch, envelope, started: float) -> taps_pb2.TapBatchResult:

@@ -102,7 +102,7 @@ class DayBook:
             raise SettlementError(f"journal entry {self.next_seq} is missing from the day")
         self.next_seq += 1
         body = env.body
-        self.kinds[type(body).__struct_config__.tag] += 1
+        self.kinds[str(type(body).__struct_config__.tag)] += 1  # every tag is a str
         if isinstance(body, TapBatchEntry):
             self._add_taps(env.seq, body)
         elif isinstance(body, CardOpEntry):

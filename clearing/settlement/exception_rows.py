@@ -37,7 +37,7 @@ class ExceptionRow(NamedTuple):
     reason: str
     party_id: str
     terminal_id: int | str  # "" for rows not about one terminal
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count; read as row.count
     amount_fen: int
     detail: str
 

@@ -23,7 +23,7 @@ TAP_ROLES = ("OPERATOR", "MERCHANT", "UTILITY")  # paid for taps on their termin
 class SummaryRow(NamedTuple):
     party_id: str
     role: str
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count; read as row.count
     list_fen: int
     discount_fen: int
     gross_fen: int

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from operator import add
-from typing import Any
+from typing import Any, cast
 
 from clearing.codes import TapStatus
 from clearing.core import layouts as v
@@ -50,7 +50,7 @@ def _csv(header: str, rows: Iterable[Iterable[Any]]) -> bytes:
 
 
 def _subtotal(scope: str, rows: list[SummaryRow]) -> list[Any]:
-    sums = [sum(row[i] for row in rows) for i in range(2, 8)]
+    sums = [sum(cast(int, row[i]) for row in rows) for i in range(2, 8)]  # the six counts
     return ["TOTAL", scope, *sums, "", ""]
 
 

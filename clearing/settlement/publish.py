@@ -130,7 +130,7 @@ def parse_summary(data: bytes) -> list[SummaryRow]:
     for party_id, role, *numbers, way, bank in reader:
         if party_id == "TOTAL":
             continue
-        row = SummaryRow(party_id, role, *map(int, numbers), way, bank)
+        row = SummaryRow._make([party_id, role, *map(int, numbers), way, bank])
         rows.append(
             row._replace(direction=direction(row.net_fen)) if party_id == ISSUER_ID else row
         )

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from clearing.domain.business_calendar import parse_business_date
 from clearing.domain.entries import SettledEntry
-from clearing.errors import RequestRejected
+from clearing.errors import Refusal, RequestRejected
 from clearing.runtime.service import Service
 from clearing.settlement.compute import DayRequest, compute_day
 from clearing.settlement.figures import SummaryRow
@@ -48,7 +48,7 @@ class Settlements:
         open_day = dt.date.fromisoformat(days.open_date)
         where = f"the open business day is {open_day}"
         if day > open_day:
-            raise RequestRejected("INVALID_ARGUMENT", f"{day} is in the future ({where})")
+            raise RequestRejected(Refusal.INVALID_ARGUMENT, f"{day} is in the future ({where})")
         if day == open_day:
             settings = self.service.engine.registry.settings
             assert settings is not None
@@ -56,12 +56,13 @@ class Settlements:
                 days.open_until_ms / 1000, ZoneInfo(settings.timezone)
             )
             raise RequestRejected(
-                "FAILED_PRECONDITION",
+                Refusal.FAILED_PRECONDITION,
                 f"{day} is still open: it can be settled after its cutoff, {cutoff.isoformat()}",
             )
         if day < dt.date.fromisoformat(days.first_date):
             raise RequestRejected(
-                "OUT_OF_RANGE", f"{day} is before the journal's first entry (on {days.first_date})"
+                Refusal.OUT_OF_RANGE,
+                f"{day} is before the journal's first entry (on {days.first_date})",
             )
         assert day.isoformat() in days.closes, f"{day} is neither open nor closed"
         return day
@@ -102,7 +103,9 @@ class Settlements:
         day = parse_business_date(text).isoformat()
         recorded = self.service.engine.days.settled.get(day)
         if recorded is None:
-            raise RequestRejected("NOT_FOUND", f"{day} is not settled yet: RunSettlement first")
+            raise RequestRejected(
+                Refusal.NOT_FOUND, f"{day} is not settled yet: RunSettlement first"
+            )
         await self.service.durable()
         loaded = await asyncio.to_thread(load_published, self.root, day, recorded[1])
         if loaded is None:  # files missing or damaged: recompute them from the journal

@@ -19,6 +19,7 @@ import signal
 import struct
 import threading
 import time
+import warnings
 
 import lmdb
 import msgspec
@@ -92,6 +93,9 @@ class ForkedCheckpoint:
         _unlink(self.path)
 
 
+_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+
+
 def forked_builder(engine, directory: str):
     """Fork; the child writes ``engine``'s checkpoint blobs as of now and exits.
 
@@ -101,7 +105,11 @@ def forked_builder(engine, directory: str):
     collecting = gc.isenabled()
     gc.disable()  # the child must never run the parent's finalizers (gRPC, files...)
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns at every fork of a process with threads. The child takes
+            # no lock another thread may hold: it serialises memory, writes a file, _exits.
+            warnings.filterwarnings("ignore", _FORK_WARNING, DeprecationWarning)
+            pid = os.fork()
         if pid == 0:
             _child(engine, os.path.join(directory, _child_file(seq, os.getpid())))
     finally:

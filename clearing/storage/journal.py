@@ -65,7 +65,7 @@ _Item = tuple[Any, ...]
 CommitListener = Callable[[int, float, int], None]  # (entries, seconds, last seq)
 
 
-def _seq_of(key: bytes, expected_seq: int) -> int:
+def _seq_of(key: bytes | memoryview, expected_seq: int) -> int:
     """The seq a journal key holds; a key of another size is damage (near ``expected_seq``)."""
     if len(key) != _SEQ.size:
         raise JournalCorrupt(
@@ -217,6 +217,7 @@ class Journal:
         """When entry ``seq`` was accepted, without decoding its body."""
         with self._env.begin(db=self._entries, buffers=True) as txn:
             value = txn.get(_SEQ.pack(seq))
+            assert value is not None, f"entry {seq} is not committed"
             return _head_decoder.decode(value).accepted_at_ms
 
     def first_seq_at_or_after(self, ms: int) -> int:
@@ -228,7 +229,9 @@ class Journal:
             low, high = 1, self._committed_seq + 1
             while low < high:
                 middle = (low + high) // 2
-                head = _head_decoder.decode(txn.get(_SEQ.pack(middle)))
+                value = txn.get(_SEQ.pack(middle))
+                assert value is not None, f"entry {middle} of 1..{self._committed_seq} is missing"
+                head = _head_decoder.decode(value)
                 if head.accepted_at_ms >= ms:
                     high = middle
                 else:
@@ -279,6 +282,11 @@ class Journal:
         last entry before it is known.
         """
         self._queue.put(("checkpoint", build))
+
+    @property
+    def backlog_entries(self) -> int:
+        """Entries appended whose commit has not been settled yet."""
+        return len(self._pending)
 
     async def wait_durable(self) -> None:
         """Wait until everything queued so far is committed (for consistent reads)."""

@@ -116,7 +116,7 @@ def _terminals() -> list[TerminalConfig]:
 
 def _principals(parties: list[PartyConfig]) -> list[PrincipalConfig]:
     principals = [
-        PrincipalConfig(token=principal_token(p.id), role=p.role, party=p.id)  # type: ignore[arg-type]
+        PrincipalConfig(token=principal_token(p.id), role=p.role, party=p.id)
         for p in parties
         if p.role in ("HALL", "AGENT")
     ]

@@ -163,9 +163,17 @@ def _open_reader(path: str, mode: str) -> subprocess.Popen:
     )
     assert reader.stdout is not None
     if reader.stdout.readline().strip() != "open":
-        reader.kill()
+        _end(reader)
         raise AssertionError("a reader process did not open the journal")
     return reader
+
+
+def _end(reader: subprocess.Popen) -> None:
+    """Kill a reader and reap it, its pipe closed too."""
+    reader.kill()
+    reader.wait()
+    if reader.stdout is not None:
+        reader.stdout.close()
 
 
 async def stale_readers(root: str, seed: int) -> ScenarioResult:
@@ -181,16 +189,14 @@ async def stale_readers(root: str, seed: int) -> ScenarioResult:
     holder = _open_reader(path, "hold")  # an operator's verify or backup, say
     try:
         killed = _open_reader(path, "txn")
-        killed.kill()
-        killed.wait()
+        _end(killed)
         listed = f" {killed.pid} " in _readers(path)
         result.check(listed, "the killed reader's slot was not there to clear")
         await server.start()
         result.check(f" {killed.pid} " not in _readers(path), "the start left the stale slot")
         result.check(server.terminate() == 0, "the stop did not exit 0")
     finally:
-        holder.kill()
-        holder.wait()
+        _end(holder)
     result.note = f"slot of killed pid {killed.pid} cleared" if listed else ""
     return result
 
