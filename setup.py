@@ -56,8 +56,19 @@ class BuildExtWithProtos(build_ext):
 
 extensions = cythonize(
     [
-        Extension("clearing.core._ledger", ["ext/clearing/core/_ledger.pyx"]),
-        Extension("clearing.core._summary", ["ext/clearing/core/_summary.pyx"]),
+        Extension(
+            "clearing.core._ledger",
+            ["ext/clearing/core/_ledger.pyx"],
+            include_dirs=["ext"],  # clearing/core/clearing_core.h
+            depends=glob.glob("ext/clearing/core/*.pxi") + ["ext/clearing/core/clearing_core.h"],
+        ),
+        Extension(
+            "clearing.core._summary",
+            ["ext/clearing/core/_summary.pyx"],
+            include_dirs=["ext"],
+            depends=["ext/clearing/core/clearing_core.pxi", "ext/clearing/core/wire.pxi",
+                     "ext/clearing/core/clearing_core.h"],
+        ),
     ],
     include_path=["ext"],
     language_level=3,

@@ -5,10 +5,10 @@ must agree result for result.
 """
 
 from collections.abc import Sequence
-
-from typing import final
+from typing import Any, final
 
 IMPLEMENTATION: str
+WIRE: dict[str, Any]  # the sizes and codes it was built with (clearing.core.wire)
 
 @final  # Python cannot subclass it ("not an acceptable base type")
 class Ledger:

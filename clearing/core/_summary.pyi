@@ -4,7 +4,10 @@ Behaviour is defined by the reference twin ``clearing.core.summary_py.summarise`
 two must return the same vector, or raise the same exception type.
 """
 
+from typing import Any
+
 SUMMARY_LEN: int
+WIRE: dict[str, Any]  # the sizes and codes it was built with (clearing.core.wire)
 
 def summarise(
     packed_taps: bytes,

@@ -9,23 +9,26 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, cast
 
+from clearing.core.wire import check_wire
 from clearing.errors import ConfigError
 
 _choice = os.environ.get("CLEARING_CORE", "").strip().lower()
 
-if (
-    TYPE_CHECKING or _choice == "python"
-):  # the twin states the interface both implement (stubtest holds the C one)
+if TYPE_CHECKING or _choice == "python":
+    # Type checkers see the twin: it states the interface both implement (and
+    # mypy.stubtest holds the compiled module to its own stub).
     from clearing.core.ledger_py import Ledger
 elif _choice in ("", "c", "cython"):
     try:
-        from clearing.core._ledger import Ledger
+        from clearing.core._ledger import WIRE, Ledger
     except ImportError as exc:
         if _choice:
             raise ConfigError(
                 "CLEARING_CORE=c but clearing.core._ledger is not built: run `make install`"
             ) from exc
         from clearing.core.ledger_py import Ledger
+    else:
+        check_wire("clearing.core._ledger", WIRE)
 else:
     raise ConfigError(f"CLEARING_CORE must be 'c' or 'python', not {_choice!r}")
 

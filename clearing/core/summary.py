@@ -9,9 +9,12 @@ from collections.abc import Callable
 
 from clearing.core.layouts import SUMMARY_LEN
 from clearing.core.ledger import Ledger
+from clearing.core.wire import check_wire
 
 if Ledger.__module__ == "clearing.core._ledger":
-    from clearing.core._summary import summarise
+    from clearing.core._summary import WIRE, summarise
+
+    check_wire("clearing.core._summary", WIRE)
 else:
     from clearing.core.summary_py import summarise
 

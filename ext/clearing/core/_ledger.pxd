@@ -131,19 +131,4 @@ cdef class Ledger:
     cdef uint64_t crossing_n
     cdef uint64_t crossing_cap
 
-    cdef int64_t find_card(self, uint64_t card_id) noexcept nogil
-    cdef int64_t card_slot(self, object card_id) except -1
-    cdef int64_t find_tap(self, uint32_t term, uint64_t seq) noexcept nogil
-    cdef int reserve_cards(self, uint64_t n) except -1
-    cdef int reserve_taps(self, uint64_t n) except -1
-    cdef int index_records(self) except -1
-    cdef int rebuild_gaps(self) except -1
-    cdef int append_terminal(self, uint32_t terminal_id, uint8_t terminal_class,
-                             int32_t party_index) except -1
-    cdef Py_ssize_t load_batch_rules(self, int32_t party_index) except -1
-    cdef int rate(self, const terminal_t *term, card_t *c, int64_t amount, int64_t occurred,
-                  uint32_t route, int64_t now_ms, Py_ssize_t n_rules, result_t *res) except -1
-    cdef int charge(self, card_t *c, int64_t charged) except -1
-    cdef int apply_taps(self, uint32_t term_slot, const unsigned char *src, unsigned char *dst,
-                        Py_ssize_t n, int64_t now_ms, uint64_t journal_seq,
-                        Py_ssize_t n_rules) except -1
+    # Its C-level operations are module functions taking ``Ledger self`` (the .pxi files).

@@ -26,62 +26,12 @@ from libc.string cimport memset
 
 from operator import index as _index
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-
-    #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) \\
-        && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    #define CC_BSWAP64(v) __builtin_bswap64(v)
-    #else
-    #define CC_BSWAP64(v) (v)
-    #endif
-
-    static inline uint64_t cc_load_u64(const unsigned char *p) {
-        uint64_t v; memcpy(&v, p, 8); return CC_BSWAP64(v);
-    }
-
-    /* total[k] += x exactly: on a wrap, count it in carry[k] (see the module doc). */
-    static inline void cc_acc(int64_t *total, int64_t *carry, int k, int64_t x) {
-        if (__builtin_add_overflow(total[k], x, &total[k])) carry[k] += (x < 0) ? -1 : 1;
-    }
-    /* Exact "list == charged + discount" for charged, discount >= 0 (the sum may
-       leave int64, when no int64 list equals it). */
-    static inline int cc_sum_is(int64_t list, int64_t charged, int64_t discount) {
-        int64_t sum;
-        return !__builtin_add_overflow(charged, discount, &sum) && sum == list;
-    }
-    /* Python's x % m for m > 0 (C's % truncates toward zero). */
-    static inline int64_t cc_floor_mod(int64_t x, int64_t m) {
-        int64_t r = x % m; return r < 0 ? r + m : r;
-    }
-    /* a + b, or UINT64_MAX where that overflows. */
-    static inline uint64_t cc_sat_add_u64(uint64_t a, uint64_t b) {
-        uint64_t r; return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
-    }
-    """
-    uint64_t cc_load_u64(const unsigned char *p) nogil
-    void cc_acc(int64_t *total, int64_t *carry, int k, int64_t x) nogil
-    bint cc_sum_is(int64_t list, int64_t charged, int64_t discount) nogil
-    int64_t cc_floor_mod(int64_t x, int64_t m) nogil
-    uint64_t cc_sat_add_u64(uint64_t a, uint64_t b) nogil
+include "clearing_core.pxi"
+include "wire.pxi"
 
 
 cdef enum:
-    TAP_BYTES = 36
-    RESULT_BYTES = 40
-    STATUS_COUNT = 10               # max(TapStatus) + 1 (clearing/codes.py)
     LATE_DAY_BINS = 8               # clearing/limits.py
-# TapStatus and ChargedTo (clearing/codes.py)
-cdef enum:
-    OK = 1
-    TOO_LATE = 4
-    INSUFFICIENT_FUNDS = 8
-    SEQUENCE_TOO_FAR_AHEAD = 9      # the last status
-    CHARGED_TO_NONE = 0
-    CHARGED_TO_CARD = 1
-    CHARGED_TO_ISSUER_LOSS = 2
 # Layout of the summary vector: as in clearing/core/layouts.py, which explains each.
 # Literals (with the twin's formulas) because Cython cannot compile enum arithmetic
 # under the build's overflowcheck directive; tests/test_summariser.py checks the layout.
