@@ -201,8 +201,12 @@ class Day:
         """The clock one second past the end of ``day``; the day's close journaled and
         durable, as the server's ticker does at the cutoff, hours before finance settles."""
         self.service.clock.set(business_window_ms(day, self.timezone, self.cutoff)[1] + 1_000)
-        self.service.catch_up()
-        self.loop.run_until_complete(self.service.durable())
+
+        async def close() -> None:  # on the loop, as the ticker runs it
+            self.service.catch_up()
+            await self.service.durable()
+
+        self.loop.run_until_complete(close())
 
     def settle(self, day: dt.date) -> Settled:
         """``Settlements.run`` of ``day`` (closed already)."""
