@@ -16,7 +16,7 @@ import pickle
 from collections.abc import Sequence
 
 from clearing.codes import CardState, ChargedTo, TapStatus, TerminalClass
-from clearing.core.money import checked_fen, half_up
+from clearing.core.money import checked_int64, half_up
 from clearing.core.terminal_gaps import GapSet
 from clearing.limits import (
     BP_SCALE,
@@ -165,7 +165,7 @@ class Ledger:
 
     def adjust_balance(self, card_id: int, delta_fen: int) -> int:
         c = self._cards[card_id]
-        c.balance_fen = checked_fen(c.balance_fen + delta_fen)
+        c.balance_fen = checked_int64(c.balance_fen + delta_fen)
         return c.balance_fen
 
     def set_card_state(self, card_id: int, state: int, blocked_at_ms: int) -> None:
@@ -184,7 +184,7 @@ class Ledger:
         return len(self._cards)
 
     def total_balance_fen(self) -> int:
-        return checked_fen(sum(c.balance_fen for c in self._cards.values()))
+        return checked_int64(sum(c.balance_fen for c in self._cards.values()))
 
     # Terminals ---------------------------------------------------------------
 
@@ -320,7 +320,7 @@ class Ledger:
 
     def _charge(self, card_id: int, card: _Card, charged: int) -> None:
         before = card.balance_fen
-        card.balance_fen = checked_fen(before - charged)
+        card.balance_fen = checked_int64(before - charged)
         floor = self._min_boarding_balance_fen
         if before >= floor > card.balance_fen:
             self._crossings.append(card_id)
@@ -331,15 +331,15 @@ class Ledger:
         """A validator records a ride that happened: always OK (SPEC §5 rule 8)."""
         charged = half_up(amount, self._concession_bp[card.card_type])
         if card.has_last_ride and card.last_route_id != route:
-            gap_ms = checked_fen(occurred - card.last_occurred_at_ms)
+            gap_ms = checked_int64(occurred - card.last_occurred_at_ms)
             if 0 <= gap_ms <= self._transfer_window_ms:
-                charged = max(0, checked_fen(charged - self._transfer_discount_fen))
+                charged = max(0, checked_int64(charged - self._transfer_discount_fen))
         to_card = card.state == CardState.ACTIVE or (
             card.state == CardState.LOST
-            and occurred < checked_fen(card.blocked_at_ms + self._liability_window_ms)
+            and occurred < checked_int64(card.blocked_at_ms + self._liability_window_ms)
         )
         if to_card:
-            checked_fen(card.balance_fen - charged)  # raise before anything changes
+            checked_int64(card.balance_fen - charged)  # raise before anything changes
         card.has_last_ride = True
         card.last_route_id = route
         card.last_occurred_at_ms = occurred

@@ -9,8 +9,8 @@ from clearing.limits import BP_SCALE, INT64_MAX, INT64_MIN
 _HALF_BP = BP_SCALE // 2
 
 
-def checked_fen(value: int) -> int:
-    """Money never wraps: anything outside int64 is an error, not a number."""
+def checked_int64(value: int) -> int:
+    """Money and time never wrap: anything outside int64 is an error, not a number."""
     if not INT64_MIN <= value <= INT64_MAX:
         raise OverflowError(f"int64 overflow in money arithmetic: {value}")
     return value
@@ -19,4 +19,4 @@ def checked_fen(value: int) -> int:
 def half_up(amount_fen: int, rate_bp: int) -> int:
     """SPEC §2: ``(x * bp + 5000) // 10000`` for x >= 0."""
     assert amount_fen >= 0 and rate_bp >= 0
-    return checked_fen(checked_fen(checked_fen(amount_fen * rate_bp) + _HALF_BP) // BP_SCALE)
+    return checked_int64(checked_int64(checked_int64(amount_fen * rate_bp) + _HALF_BP) // BP_SCALE)

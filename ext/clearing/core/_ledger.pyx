@@ -51,7 +51,6 @@ include "wire.pxi"
 IMPLEMENTATION = "c"
 
 cdef enum:
-    STATUS_SLOTS = 10           # index 0 duplicates, 1..9 TapStatus
     BP_SCALE = 10000
     HALF_BP = 5000
     NO_RULE_BP = 10000          # a merchant without a rule gives no discount

@@ -236,7 +236,7 @@ cdef bytes ledger_apply_batch(Ledger self, terminal_id, packed_taps, int64_t now
 cdef list results_count_statuses(packed_results):
     cdef Py_buffer view
     cdef Py_ssize_t k, n
-    cdef Py_ssize_t counts[STATUS_SLOTS]
+    cdef Py_ssize_t counts[STATUS_COUNT]  # index 0: duplicates; s: fresh results with status s
     cdef const unsigned char *p
     cdef uint8_t status
     memset(counts, 0, sizeof(counts))
@@ -250,9 +250,9 @@ cdef list results_count_statuses(packed_results):
         for k in range(n):
             p = <const unsigned char *>view.buf + k * RESULT_BYTES
             status = 0 if p[2] else p[0]
-            if status >= STATUS_SLOTS:
+            if status >= STATUS_COUNT:
                 raise IndexError("list index out of range")
             counts[status] += 1
     finally:
         PyBuffer_Release(&view)
-    return [counts[k] for k in range(STATUS_SLOTS)]
+    return [counts[k] for k in range(STATUS_COUNT)]
